@@ -1,0 +1,49 @@
+"""Measure async batch jobs while they run.
+
+Constant-memory streaming aggregates, live summaries, atomic exports and a
+SQLite history of runs. Start with :class:`BatchMetrics`.
+"""
+
+from ._aggregate import Aggregate as Aggregate
+from ._aggregate import merge_states as merge_states
+from ._collector import BatchMetrics as BatchMetrics
+from ._collector import BatchState as BatchState
+from ._collector import Tracked as Tracked
+from ._collector import get_batch_stats as get_batch_stats
+from ._events import FileRecord as FileRecord
+from ._export import ExportError as ExportError
+from ._sinks import CsvSink as CsvSink
+from ._sinks import JsonlSink as JsonlSink
+from ._sinks import Sink as Sink
+from ._sketch import QuantileSketch as QuantileSketch
+from ._stats import RunningStats as RunningStats
+from ._summary import BatchMetricsSummary as BatchMetricsSummary
+from ._summary import ErrorBreakdown as ErrorBreakdown
+from ._summary import FileMetrics as FileMetrics
+from ._summary import ProgressStats as ProgressStats
+from ._summary import SlowFile as SlowFile
+from ._summary import ThroughputStats as ThroughputStats
+from ._summary import TimingStats as TimingStats
+
+__all__ = [
+    "Aggregate",
+    "BatchMetrics",
+    "BatchMetricsSummary",
+    "BatchState",
+    "CsvSink",
+    "ErrorBreakdown",
+    "ExportError",
+    "FileMetrics",
+    "FileRecord",
+    "JsonlSink",
+    "ProgressStats",
+    "QuantileSketch",
+    "RunningStats",
+    "Sink",
+    "SlowFile",
+    "ThroughputStats",
+    "TimingStats",
+    "Tracked",
+    "get_batch_stats",
+    "merge_states",
+]

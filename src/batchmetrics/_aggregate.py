@@ -1,0 +1,424 @@
+"""Everything the consumer keeps about a batch, in memory that does not grow with files.
+
+``Aggregate.add_batch`` folds events in; ``merge`` combines aggregates of split
+batches exactly; ``to_state``/``from_state`` give the stable JSON form;
+``to_summary`` turns it into a :class:`BatchMetricsSummary`. Pure: stdlib only.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any
+
+from ._events import (
+    ERROR,
+    F_BYTES,
+    F_DURATION,
+    F_ERROR_MESSAGE,
+    F_ERROR_TYPE,
+    F_MEASUREMENTS,
+    F_NAME,
+    F_SAMPLES,
+    F_STATUS,
+    SKIPPED,
+    STATUS_NAMES,
+    SUCCESS,
+    Event,
+)
+from ._render import iso_timestamp
+from ._sketch import QuantileSketch
+from ._stats import RunningStats
+from ._summary import (
+    BatchMetricsSummary,
+    ErrorBreakdown,
+    ProgressStats,
+    SlowFile,
+    ThroughputStats,
+    TimingStats,
+)
+
+STATE_VERSION = 1
+_DURATION = itemgetter(F_DURATION)
+_STATUS = itemgetter(F_STATUS)
+_SAMPLES = itemgetter(F_SAMPLES)
+_MEASUREMENTS = itemgetter(F_MEASUREMENTS)
+_BYTES = itemgetter(F_BYTES)
+
+
+def _non_success(statuses: bytes) -> Iterator[int]:
+    """Indexes of the non-success statuses, found at C speed (they are rare)."""
+    for code in _OTHER_CODES:
+        i = statuses.find(code)
+        while i >= 0:
+            yield i
+            i = statuses.find(code, i + 1)
+
+
+_OTHER_CODES = (bytes([ERROR]), bytes([SKIPPED]))
+#: Quantiles reported per file: median, p90, p95, p99.
+_QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+class Aggregate:
+    """Counts, totals, Welford stats and a quantile sketch of a batch's files.
+
+    Timing statistics cover successful files with duration > 0, and totals of
+    samples, measurements and bytes cover successful files, as in the reference
+    design. ``busy_seconds`` sums every file's duration. The ``slowest`` files
+    (any status) and the first ``error_messages_per_type`` messages of each error
+    type are kept, both bounded.
+    """
+
+    __slots__ = (
+        "_slow_seq",
+        "busy_seconds",
+        "by_type",
+        "end_ts",
+        "error_count",
+        "error_messages",
+        "error_messages_per_type",
+        "max_error_types",
+        "measurements",
+        "processed_count",
+        "samples",
+        "sketch",
+        "skip_count",
+        "slowest",
+        "slowest_k",
+        "start_ts",
+        "timing",
+        "total_bytes",
+        "total_files",
+    )
+
+    def __init__(self, *, slowest_k: int = 10, error_messages_per_type: int = 3,
+                 max_error_types: int = 100) -> None:
+        self.total_files = 0
+        self.processed_count = 0
+        self.error_count = 0
+        self.skip_count = 0
+        self.samples = 0
+        self.measurements = 0
+        self.total_bytes = 0
+        self.busy_seconds = 0.0
+        self.timing = RunningStats()
+        self.sketch = QuantileSketch()
+        self.by_type: dict[str, int] = {}
+        self.error_messages: dict[str, list[str]] = {}
+        self.slowest: list[tuple[float, int, str, int]] = []  # min-heap (duration, seq, name, st)
+        self._slow_seq = 0
+        self.slowest_k = slowest_k
+        self.error_messages_per_type = error_messages_per_type
+        self.max_error_types = max_error_types
+        self.start_ts: float | None = None
+        self.end_ts: float | None = None
+
+    def add_batch(self, events: Sequence[Event]) -> tuple[int, int, int, int]:
+        """Fold checked events in.
+
+        Returns (files, successes, samples, bytes) of the batch, for rate windows.
+        Columns are pulled out with ``map(itemgetter)`` so the per-event work runs
+        at C speed; only errors (rare) are looked at one by one.
+        """
+        n = len(events)
+        if n == 0:
+            return (0, 0, 0, 0)
+        durations = list(map(_DURATION, events))
+        statuses = bytes(map(_STATUS, events))
+        ns = statuses.count(SUCCESS)
+        ne = statuses.count(ERROR)
+        samples = sum(map(_SAMPLES, events))
+        measurements = sum(map(_MEASUREMENTS, events))
+        nbytes = sum(map(_BYTES, events))
+        ok_durations = durations
+        if ns != n:  # errors and skips are rare: take their part back out one by one
+            ok_durations = durations.copy()
+            by_type = self.by_type
+            for i in _non_success(statuses):
+                ev = events[i]
+                samples -= ev[F_SAMPLES]
+                measurements -= ev[F_MEASUREMENTS]
+                nbytes -= ev[F_BYTES]
+                ok_durations[i] = 0.0
+                if statuses[i] == ERROR:
+                    etype = ev[F_ERROR_TYPE]
+                    if etype:
+                        by_type[etype] = by_type.get(etype, 0) + 1
+                        self._note_error(etype, ev[F_ERROR_MESSAGE])
+        self.total_files += n
+        self.processed_count += ns
+        self.error_count += ne
+        self.skip_count += n - ns - ne
+        self.samples += samples
+        self.measurements += measurements
+        self.total_bytes += nbytes
+        self.busy_seconds += sum(durations)
+        timed = list(filter(None, ok_durations))  # successes with duration > 0
+        if timed:
+            self.timing.push_many(timed)
+            self.sketch.add_many(timed)
+        k = self.slowest_k
+        if k:
+            slowest = self.slowest
+            if len(slowest) < k or max(durations) > slowest[0][0]:
+                for d, i in heapq.nlargest(k, zip(durations, range(n), strict=True)):
+                    if len(slowest) >= k and d <= slowest[0][0]:
+                        break
+                    self._slow_seq += 1
+                    ev = events[i]
+                    item = (d, self._slow_seq, ev[F_NAME], ev[F_STATUS])
+                    if len(slowest) < k:
+                        heapq.heappush(slowest, item)
+                    else:
+                        heapq.heapreplace(slowest, item)
+        return (n, ns, samples, nbytes)
+
+    def _note_error(self, etype: str, message: str | None) -> None:
+        kept = self.error_messages.get(etype)
+        if kept is None:
+            if len(self.error_messages) >= self.max_error_types:
+                return
+            kept = self.error_messages[etype] = []
+        if message and len(kept) < self.error_messages_per_type:
+            kept.append(message)
+
+    # -- combining ---------------------------------------------------------------------
+
+    def merge(self, other: Aggregate) -> Aggregate:
+        """Fold ``other`` in, as if its events had been added here; return ``self``."""
+        if not isinstance(other, Aggregate):
+            raise TypeError(f"can only merge Aggregate, got {type(other).__name__}")
+        self.total_files += other.total_files
+        self.processed_count += other.processed_count
+        self.error_count += other.error_count
+        self.skip_count += other.skip_count
+        self.samples += other.samples
+        self.measurements += other.measurements
+        self.total_bytes += other.total_bytes
+        self.busy_seconds += other.busy_seconds
+        self.timing.merge(other.timing)
+        self.sketch.merge(other.sketch)
+        for etype, count in other.by_type.items():
+            self.by_type[etype] = self.by_type.get(etype, 0) + count
+        for etype, messages in other.error_messages.items():
+            for message in messages:
+                self._note_error(etype, message)
+            if not messages and etype not in self.error_messages:
+                self._note_error(etype, None)
+        for d, _, name, st in other.slowest:
+            self._slow_seq += 1
+            item = (d, self._slow_seq, name, st)
+            if len(self.slowest) < self.slowest_k:
+                heapq.heappush(self.slowest, item)
+            elif self.slowest_k and d > self.slowest[0][0]:
+                heapq.heapreplace(self.slowest, item)
+        self.start_ts = _pick(min, self.start_ts, other.start_ts)
+        self.end_ts = _pick(max, self.end_ts, other.end_ts)
+        return self
+
+    def copy(self) -> Aggregate:
+        return Aggregate.from_state(self.to_state())
+
+    # -- the stable JSON form -------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-able dict; ``from_state`` rebuilds an equal aggregate."""
+        return {
+            "version": STATE_VERSION,
+            "total_files": self.total_files,
+            "processed_count": self.processed_count,
+            "error_count": self.error_count,
+            "skip_count": self.skip_count,
+            "samples": self.samples,
+            "measurements": self.measurements,
+            "bytes_processed": self.total_bytes,
+            "busy_seconds": self.busy_seconds,
+            "timing": self.timing.to_state(),
+            "sketch": self.sketch.to_state(),
+            "by_type": dict(self.by_type),
+            "error_messages": {k: list(v) for k, v in self.error_messages.items()},
+            "slowest": [[d, name, STATUS_NAMES[st]] for d, _, name, st in sorted(self.slowest)],
+            "slowest_k": self.slowest_k,
+            "start_ts": self.start_ts,
+            "end_ts": self.end_ts,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Aggregate:
+        """Rebuild from ``to_state()``; ``ValueError`` names what is wrong."""
+        if not isinstance(state, dict):
+            raise TypeError(f"aggregate state must be a dict, got {type(state).__name__}")
+        version = state.get("version")
+        if version != STATE_VERSION:
+            raise ValueError(f"aggregate state version {version!r} is not supported "
+                             f"(this batchmetrics reads version {STATE_VERSION})")
+        try:
+            agg = cls(slowest_k=int(state.get("slowest_k", 10)))
+            for key in ("total_files", "processed_count", "error_count", "skip_count",
+                        "samples", "measurements"):
+                setattr(agg, key, _count(state[key], key))
+            agg.total_bytes = _count(state["bytes_processed"], "bytes_processed")
+            agg.busy_seconds = float(state["busy_seconds"])
+            agg.timing = RunningStats.from_state(state["timing"])
+            agg.sketch = QuantileSketch.from_state(state["sketch"])
+            agg.by_type = {str(k): _count(v, "by_type") for k, v in state["by_type"].items()}
+            agg.error_messages = {str(k): [str(m) for m in v]
+                                  for k, v in state["error_messages"].items()}
+            codes = {name: code for code, name in enumerate(STATUS_NAMES)}
+            for d, name, status in state["slowest"]:
+                agg._slow_seq += 1
+                heapq.heappush(agg.slowest, (float(d), agg._slow_seq, str(name), codes[status]))
+            agg.start_ts = None if state["start_ts"] is None else float(state["start_ts"])
+            agg.end_ts = None if state["end_ts"] is None else float(state["end_ts"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad aggregate state: {exc!r}") from exc
+        return agg
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Aggregate):
+            return NotImplemented
+        return self.to_state() == other.to_state()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- summaries ------------------------------------------------------------------------
+
+    def to_summary(
+        self,
+        batch_id: str,
+        *,
+        now: float | None = None,
+        state: str = "finished",
+        throughput_recent: tuple[float, float, float, float] | None = None,
+        progress_total: int | None = None,
+        eta: tuple[float | None, float | None, float | None] = (None, None, None),
+        in_flight: int = 0,
+    ) -> BatchMetricsSummary:
+        """The summary at this moment, in O(buckets) time.
+
+        ``total_duration`` is ``end - start`` when both are stamped; while running
+        (no end yet) it is ``now - start``; with no stamps at all it is the sum of
+        timed durations, as in the reference. ``throughput_recent`` is
+        (files/s, samples/s, bytes/s, window seconds).
+        """
+        start, end = self.start_ts, self.end_ts
+        if end is None and now is not None and start:
+            end = now
+        t = self.timing
+        total_duration = end - start if start and end else (t.total if t.count else 0.0)
+        if t.count:
+            median, p90, p95, p99 = self.sketch.quantiles(_QUANTILES)
+            timing = TimingStats(
+                total_duration=total_duration,
+                average_per_file=t.mean,
+                min_per_file=t.min,
+                max_per_file=t.max,
+                median_per_file=median,
+                stddev_per_file=t.stddev,
+                p90_per_file=p90,
+                p95_per_file=p95,
+                p99_per_file=p99,
+                busy_seconds=self.busy_seconds,
+                parallelism=self.busy_seconds / total_duration if total_duration > 0 else 0.0,
+            )
+        else:
+            timing = TimingStats(
+                total_duration=total_duration,
+                busy_seconds=self.busy_seconds,
+                parallelism=self.busy_seconds / total_duration if total_duration > 0 else 0.0,
+            )
+        rf, rs, rb, window = throughput_recent or (0.0, 0.0, 0.0, 0.0)
+        if total_duration > 0:
+            throughput = ThroughputStats(
+                files_per_second=self.processed_count / total_duration,
+                samples_per_second=self.samples / total_duration,
+                measurements_per_second=self.measurements / total_duration,
+                bytes_per_second=self.total_bytes / total_duration,
+                recent_files_per_second=rf,
+                recent_samples_per_second=rs,
+                recent_bytes_per_second=rb,
+                recent_window_seconds=window,
+            )
+        else:
+            throughput = ThroughputStats(
+                recent_files_per_second=rf,
+                recent_samples_per_second=rs,
+                recent_bytes_per_second=rb,
+                recent_window_seconds=window,
+            )
+        errors = ErrorBreakdown(
+            by_type=dict(self.by_type),
+            total=self.error_count,
+            rate=self.error_count / self.total_files if self.total_files > 0 else 0.0,
+            messages={k: list(v) for k, v in self.error_messages.items()},
+        )
+        progress = None
+        if progress_total is not None:
+            done = self.total_files
+            remaining = max(progress_total - done, 0)
+            progress = ProgressStats(
+                total_files=progress_total,
+                completed=done,
+                remaining=remaining,
+                percent=100.0 * min(done, progress_total) / progress_total
+                if progress_total
+                else 100.0,
+                eta_seconds=eta[0],
+                eta_low_seconds=eta[1],
+                eta_high_seconds=eta[2],
+            )
+        return BatchMetricsSummary(
+            batch_id=batch_id,
+            total_files=self.total_files,
+            processed_count=self.processed_count,
+            error_count=self.error_count,
+            skip_count=self.skip_count,
+            timing=timing,
+            throughput=throughput,
+            errors=errors,
+            start_time=iso_timestamp(self.start_ts) if self.start_ts else "",
+            end_time=iso_timestamp(self.end_ts) if self.end_ts else "",
+            state=state,
+            total_samples=self.samples,
+            total_measurements=self.measurements,
+            total_bytes=self.total_bytes,
+            in_flight=in_flight,
+            slowest_files=tuple(
+                SlowFile(name, d, STATUS_NAMES[st])
+                for d, _, name, st in sorted(self.slowest, key=lambda s: (-s[0], s[1]))
+            ),
+            progress=progress,
+        )
+
+
+def _pick(fn: Any, a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return float(fn(a, b))
+
+
+def _count(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
+def merge_states(states: Iterable[dict[str, Any]]) -> Aggregate:
+    """One aggregate from several ``to_state()`` dicts (batches split across processes)."""
+    total = Aggregate()
+    first = True
+    for state in states:
+        agg = Aggregate.from_state(state)
+        if first:
+            total = agg
+            first = False
+        else:
+            total.merge(agg)
+    return total
+
+
+__all__ = ["Aggregate", "merge_states"]

@@ -1,0 +1,796 @@
+"""``BatchMetrics``: the async collector. The only module that starts tasks.
+
+Producers check their arguments, build an immutable event tuple and
+``send_nowait`` it into a bounded memory-object stream (awaiting ``send`` only
+when the buffer is full: backpressure). One consumer task drains the stream in
+batches with ``receive_nowait`` and folds each batch into the :class:`Aggregate`,
+the per-file table and the sinks.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from itertools import chain
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+from anyio import BrokenResourceError, ClosedResourceError, EndOfStream, WouldBlock
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._aggregate import Aggregate
+from ._events import (
+    Event,
+    FileRecord,
+    check_count,
+    check_fields,
+    check_filename,
+    check_optional_str,
+    check_status,
+)
+from ._export import write_csv, write_json, write_text_atomic
+from ._files import FileTable
+from ._render import file_row_dict, json_text
+from ._sinks import Sink, check_sink
+from ._summary import BatchMetricsSummary
+from ._window import RateWindow, estimate_eta
+
+if TYPE_CHECKING:
+    from ._store import Store
+
+logger = logging.getLogger("batchmetrics")
+
+_INF = math.inf
+_CHUNK = 256
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class BatchState(enum.Enum):
+    """Where a batch is in its life."""
+
+    NEW = "new"
+    RUNNING = "running"
+    FINISHING = "finishing"
+    FINISHED = "finished"
+
+
+class _Marker:
+    """A barrier sent through the stream by ``snapshot()``; set once all before it is folded."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+
+class BatchMetrics:
+    """Collect per-file metrics of an async batch job.
+
+    Use it as an async context manager: entering starts the consumer task and
+    stamps the start time; leaving drains every recorded event, stamps the end
+    time and makes ``summary()`` final. Record with ``record_file``,
+    ``record_error``, ``record_skip``, ``track()`` or ``@timed``; from worker
+    threads with ``record_file_threadsafe`` and friends.
+
+    Args:
+        batch_id: identifies the batch; a UUID4 by default.
+        keep_files: keep per-file rows (compactly) for ``get_file_metrics()`` and the
+            exports. ``False`` keeps only the aggregate: memory stays constant.
+        buffer_size: how many events may wait for the consumer; when that many wait,
+            producers wait too (backpressure).
+        total_files: the number of files expected, for progress and ETA.
+        sinks: receive every per-file row as it is aggregated (see ``JsonlSink``).
+        summary_path: a JSON file rewritten atomically every ``interval`` with the summary.
+        interval: seconds between sink flushes, summary-file writes, store checkpoints
+            and display updates.
+        store: a history ``Store`` or the path of its SQLite file: the run is recorded
+            at start, checkpointed every ``interval`` and finished at exit.
+        store_files: also write per-file rows to the store.
+        display: show live progress on the terminal (``rich`` if installed, else a log line).
+        rate_window: seconds of the sliding window for recent rates and the ETA.
+        slowest: how many of the slowest files the summary lists.
+        shutdown_timeout: the longest the exit may take to drain and finish its outputs.
+        clock: wall-clock function (seconds since the epoch); inject one in tests.
+    """
+
+    def __init__(
+        self,
+        batch_id: str | None = None,
+        *,
+        keep_files: bool = True,
+        buffer_size: int = 4096,
+        total_files: int | None = None,
+        sinks: Sequence[Sink] = (),
+        summary_path: str | os.PathLike[str] | None = None,
+        interval: float = 1.0,
+        store: Store | str | os.PathLike[str] | None = None,
+        store_files: bool = False,
+        display: bool = False,
+        rate_window: float = 10.0,
+        slowest: int = 10,
+        shutdown_timeout: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if batch_id is None:
+            batch_id = str(uuid.uuid4())
+        if not isinstance(batch_id, str) or not batch_id:
+            raise TypeError(f"batch_id must be a non-empty str or None, got {batch_id!r}")
+        if not isinstance(keep_files, bool):
+            raise TypeError(f"keep_files must be a bool, got {keep_files!r}")
+        if check_count(buffer_size, "buffer_size") < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size!r}")
+        if total_files is not None:
+            check_count(total_files, "total_files")
+        _check_positive(interval, "interval")
+        _check_positive(rate_window, "rate_window")
+        _check_positive(shutdown_timeout, "shutdown_timeout")
+        check_count(slowest, "slowest")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+        if isinstance(sinks, Sink) or not isinstance(sinks, Sequence):
+            raise TypeError(f"sinks must be a sequence of sinks, got {sinks!r}")
+        self._sinks = [check_sink(s) for s in sinks]
+        self.batch_id = batch_id
+        self.keep_files = keep_files
+        self.total_files = total_files
+        self._buffer_size = buffer_size
+        self._interval = float(interval)
+        self._shutdown_timeout = float(shutdown_timeout)
+        self._clock = clock
+        self._summary_path = None if summary_path is None else os.fspath(summary_path)
+        self._display = display
+        self._store_arg = store
+        self._store: Store | None = None
+        self._store_files = store_files
+        self._agg = Aggregate(slowest_k=slowest)
+        self._files: FileTable | None = FileTable() if keep_files else None
+        self._window = RateWindow(rate_window)
+        self._state = BatchState.NEW
+        self._outcome = "running"
+        self._send: MemoryObjectSendStream[Any] | None = None
+        # The open chunk: a list already on the stream that producers append to
+        # until the consumer takes it (see record_file).
+        self._chunk: list[Event] | None = None
+        self._recv: MemoryObjectReceiveStream[Any] | None = None
+        self._tg: TaskGroup | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._consumer_done = anyio.Event()
+        self._consumer_error: BaseException | None = None
+        self._started = anyio.Event()
+        self._finished = anyio.Event()
+        self._markers: set[_Marker] = set()
+        self._in_flight = 0
+        self._final: BatchMetricsSummary | None = None
+        self._accepts_raw = [getattr(s, "accepts_raw_events", False) for s in self._sinks]
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> BatchState:
+        return self._state
+
+    async def __aenter__(self) -> Self:
+        if self._state is not BatchState.NEW:
+            raise RuntimeError(
+                f"batch {self.batch_id!r} was already entered; a BatchMetrics runs once, "
+                "create a new one"
+            )
+        self._state = BatchState.FINISHING  # until fully started: refuse a second enter
+        send, recv = anyio.create_memory_object_stream[Any](
+            max(1, self._buffer_size // _CHUNK))
+        self._recv = recv
+        self._token = anyio.lowlevel.current_token()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            if self._store_arg is not None:
+                from ._store import Store
+
+                store = self._store_arg
+                self._store = store if isinstance(store, Store) else Store(store)
+                await self._store.begin(self)
+            self._agg.start_ts = self._clock()
+            self._window.begin(anyio.current_time())
+            tg.start_soon(self._consume, name=f"batchmetrics consumer {self.batch_id}")
+            if self._needs_ticker():
+                tg.start_soon(self._tick, name=f"batchmetrics ticker {self.batch_id}")
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            send.close()
+            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            self._state = BatchState.FINISHED
+            raise
+        self._send = send
+        self._state = BatchState.RUNNING
+        self._started.set()
+        logger.info("Batch metrics collection started", extra={"batch_id": self.batch_id})
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        send, tg = self._send, self._tg
+        assert send is not None
+        assert tg is not None
+        self._send = None
+        self._chunk = None
+        self._state = BatchState.FINISHING
+        if exc is None:
+            self._outcome = "finished"
+        elif isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt):
+            self._outcome = "cancelled"
+        else:
+            self._outcome = "failed"
+        problem: BaseException | None = None
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._shutdown_timeout) as scope:
+                send.close()
+                await self._consumer_done.wait()
+                self._agg.end_ts = self._clock()
+                self._state = BatchState.FINISHED
+                self._final = self._make_summary()
+                self._finished.set()
+                problem = await self._finish_outputs()
+            if scope.cancelled_caught:
+                problem = TimeoutError(
+                    f"batch {self.batch_id!r} did not finish draining within "
+                    f"{self._shutdown_timeout} s"
+                )
+        tg.cancel_scope.cancel()  # the ticker; the consumer is done unless timed out
+        await tg.__aexit__(None, None, None)
+        if self._agg.end_ts is None:
+            self._agg.end_ts = self._clock()
+        self._state = BatchState.FINISHED
+        self._finished.set()
+        for marker in self._markers:
+            marker.event.set()
+        summary = self.summary()
+        logger.info(
+            "Batch metrics collection finished",
+            extra={
+                "batch_id": self.batch_id,
+                "total_files": summary.total_files,
+                "processed": summary.processed_count,
+                "errors": summary.error_count,
+                "duration": summary.timing.total_duration,
+            },
+        )
+        if self._consumer_error is not None:
+            error = RuntimeError(f"the consumer of batch {self.batch_id!r} failed: "
+                                 f"{self._consumer_error!r}")
+            error.__cause__ = self._consumer_error
+            problem = error
+        if problem is not None:
+            if exc is None:
+                raise problem
+            exc.add_note(f"batchmetrics: while finishing batch {self.batch_id!r}: {problem!r}")
+
+    def _needs_ticker(self) -> bool:
+        return bool(self._summary_path or self._display or self._store is not None)
+
+    async def _finish_outputs(self) -> BaseException | None:
+        """Final summary file, display and store row; the first failure is returned."""
+        problem: BaseException | None = None
+        final = self._final
+        assert final is not None
+        if self._summary_path is not None:
+            try:
+                await write_text_atomic(self._summary_path, json_text(final.to_dict()))
+            except Exception as exc:
+                problem = problem or exc
+        if self._store is not None:
+            try:
+                await self._store.finish(self, final, self._outcome)
+            except Exception as exc:
+                problem = problem or exc
+        if self._display_obj is not None:
+            self._display_obj.close(final)
+        return problem
+
+    _display_obj: Any = None
+
+    # -- the consumer -------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        recv = self._recv
+        assert recv is not None
+        receive_nowait = recv.receive_nowait
+        flush_every = self._interval if self._sinks else _INF
+        next_flush = anyio.current_time() + flush_every
+        try:
+            with recv:
+                while True:
+                    try:
+                        if flush_every == _INF:
+                            item = await recv.receive()
+                        else:
+                            item = None
+                            with anyio.move_on_after(max(next_flush - anyio.current_time(), 0)):
+                                item = await recv.receive()
+                            if item is None:
+                                await self._flush_sinks()
+                                next_flush = anyio.current_time() + flush_every
+                                continue
+                    except EndOfStream:
+                        break
+                    items = [item]
+                    append = items.append
+                    try:
+                        while True:
+                            append(receive_nowait())
+                    except (WouldBlock, EndOfStream):
+                        pass
+                    self._chunk = None  # the open chunk is among the items: close it
+                    if self._markers:
+                        await self._fold_with_markers(items)
+                    else:
+                        await self._fold(item if len(items) == 1 else
+                                         list(chain.from_iterable(items)))
+                    del items, append, item  # hold no events while waiting for more
+                    if anyio.current_time() >= next_flush:
+                        await self._flush_sinks()
+                        next_flush = anyio.current_time() + flush_every
+            await self._close_sinks()
+        except BaseException as exc:
+            self._consumer_error = exc
+            logger.error("batchmetrics consumer of batch %r failed", self.batch_id,
+                         exc_info=True)
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise
+        finally:
+            self._consumer_done.set()
+            for marker in self._markers:
+                marker.event.set()
+
+    async def _fold(self, batch: list[Event]) -> None:
+        n, ok, samples, nbytes = self._agg.add_batch(batch)
+        if self._files is not None:
+            self._files.extend(batch)
+        self._window.add_counts(anyio.current_time(), n, ok, samples, nbytes)
+        if self._sinks:
+            records: list[FileRecord] | None = None
+            for sink, raw in zip(self._sinks, self._accepts_raw, strict=True):
+                if raw:
+                    await sink.write(batch)  # type: ignore[arg-type]  # same layout
+                else:
+                    if records is None:
+                        records = [FileRecord._make(ev) for ev in batch]
+                    await sink.write(records)
+        if self._store is not None and self._store_files:
+            await self._store.write_files(self, batch)
+
+    async def _fold_with_markers(self, items: list[Any]) -> None:
+        events: list[Event] = []
+        for item in items:
+            if item.__class__ is list:
+                events += item
+            else:
+                if events:
+                    await self._fold(events)
+                    events = []
+                item.event.set()
+                self._markers.discard(item)
+        if events:
+            await self._fold(events)
+
+    async def _flush_sinks(self) -> None:
+        for sink in self._sinks:
+            await sink.flush()
+
+    async def _close_sinks(self) -> None:
+        for sink in self._sinks:
+            await sink.aclose()
+
+    # -- the periodic ticker ------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        if self._display:
+            from ._display import make_display
+
+            self._display_obj = make_display(self)
+        while True:
+            await anyio.sleep(self._interval)
+            if self._state is not BatchState.RUNNING:
+                return
+            summary = self.summary()
+            try:
+                if self._summary_path is not None:
+                    await write_text_atomic(self._summary_path, json_text(summary.to_dict()))
+                if self._store is not None:
+                    await self._store.checkpoint(self, summary)
+            except Exception:
+                logger.warning("batchmetrics: periodic output of batch %r failed",
+                               self.batch_id, exc_info=True)
+            if self._display_obj is not None:
+                self._display_obj.update(summary)
+
+    # -- recording ----------------------------------------------------------------------
+
+    def _not_running(self) -> RuntimeError:
+        if self._state is BatchState.NEW:
+            why = "it has not started: enter `async with metrics:` first"
+        elif self._consumer_error is not None:
+            why = f"its consumer failed: {self._consumer_error!r}"
+        elif self._state is BatchState.FINISHING:
+            why = "it is finishing"
+        else:
+            why = "it has finished"
+        return RuntimeError(f"cannot record into batch {self.batch_id!r}: {why}")
+
+    async def record_file(
+        self,
+        filename: str | os.PathLike[str],
+        *,
+        duration: float,
+        samples: int = 0,
+        measurements: int = 0,
+        bytes_processed: int = 0,
+        status: str = "success",
+        error_type: str | None = None,
+        error_message: str | None = None,
+        memory_peak: int | None = None,
+    ) -> None:
+        """Record one file's outcome.
+
+        Returns once the event is in the buffer (waiting only when it is full);
+        every call that returned is in the next ``snapshot()`` and in the final
+        summary. Bad arguments raise ``TypeError``/``ValueError`` and record nothing.
+        """
+        send = self._send
+        if send is None:
+            raise self._not_running()
+        # The common case is checked inline (no call); anything unusual goes through
+        # check_fields, which converts what it can and names what it cannot.
+        if (
+            filename.__class__ is not str
+            or duration.__class__ is not float
+            or samples.__class__ is not int
+            or measurements.__class__ is not int
+            or bytes_processed.__class__ is not int
+            or not filename
+            or not 0.0 <= duration <= 1.7976931348623157e308  # finite, >= 0; NaN fails
+            or samples < 0
+            or measurements < 0
+            or bytes_processed < 0
+            or not (error_type is None and error_message is None and memory_peak is None)
+        ):
+            (filename, duration, samples, measurements, bytes_processed, error_type,
+             error_message, memory_peak) = check_fields(
+                filename, duration, samples, measurements, bytes_processed, error_type,
+                error_message, memory_peak)
+        code = 0 if status == "success" else check_status(status)
+        ev = (filename, self._clock(), duration, samples, measurements, bytes_processed, code,
+              error_type, error_message, memory_peak)
+        chunk = self._chunk
+        if chunk is not None and len(chunk) < _CHUNK:
+            chunk.append(ev)
+        else:
+            await self._send_chunk(send, ev)
+
+    async def _send_chunk(self, send: MemoryObjectSendStream[Any], ev: Event) -> None:
+        """Put a new chunk holding ``ev`` on the stream; it stays open for appends.
+
+        Events travel in chunks (lists of up to 256 events) so the stream's
+        per-item cost is paid once a chunk, not once an event. A chunk sent
+        without waiting is in the buffer (or handed to the waiting consumer), so
+        producers may append to it until the consumer takes it: the consumer
+        closes the open chunk (``self._chunk = None``) when it drains the stream,
+        before reading it. A chunk that had to wait for room is never left open.
+        """
+        chunk = [ev]
+        try:
+            send.send_nowait(chunk)
+        except WouldBlock:
+            try:
+                await send.send(chunk)
+            except (BrokenResourceError, ClosedResourceError):
+                raise self._not_running() from None
+        except (BrokenResourceError, ClosedResourceError):
+            raise self._not_running() from None
+        else:
+            self._chunk = chunk
+
+    async def record_error(
+        self, filename: str | os.PathLike[str], error_type: str, error_message: str,
+        duration: float = 0.0,
+    ) -> None:
+        """Record a failed file with its error type (e.g. an exception's class name)."""
+        if not isinstance(error_type, str):
+            raise TypeError(f"error_type must be a str, got {type(error_type).__name__} "
+                            f"{error_type!r}")
+        check_optional_str(error_message, "error_message")
+        await self.record_file(filename, duration=duration, status="error",
+                               error_type=error_type, error_message=error_message)
+
+    async def record_skip(self, filename: str | os.PathLike[str], reason: str = "") -> None:
+        """Record a skipped file; the reason is kept as its ``error_message``."""
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
+        await self.record_file(filename, duration=0.0, status="skipped", error_message=reason)
+
+    def track(self, filename: str | os.PathLike[str]) -> Tracked:
+        """Time a block as one file: ``async with metrics.track(name) as item:``.
+
+        Set ``item.samples``, ``item.measurements``, ``item.bytes_processed`` or
+        ``item.memory_peak`` inside the block, or call ``item.skip(reason)``. An
+        exception is recorded as an error (its class name and message) and re-raised;
+        a cancelled block records nothing.
+        """
+        return Tracked(self, check_filename(filename))
+
+    def timed(
+        self, filename: Callable[..., str] | None = None
+    ) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Awaitable[_R]]]:
+        """Decorate an async per-file function so each call is recorded as ``track()`` would.
+
+        The file name is ``filename(*args, **kwargs)`` when given, else the first
+        positional argument (``str()`` of it). The wrapped function may return an
+        int, taken as its ``samples``.
+        """
+
+        def decorate(fn: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+            @functools.wraps(fn)
+            async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+                if filename is not None:
+                    name = filename(*args, **kwargs)
+                elif args:
+                    name = os.fspath(args[0]) if isinstance(args[0], os.PathLike) else str(
+                        args[0])
+                else:
+                    raise TypeError(f"@timed {fn.__qualname__}: no file name: pass the file as "
+                                    "the first argument or give filename=")
+                async with self.track(name) as item:
+                    result = await fn(*args, **kwargs)
+                    if isinstance(result, int) and not isinstance(result, bool) and result >= 0:
+                        item.samples = result
+                    return result
+                raise AssertionError("unreachable")  # pragma: no cover
+
+            return wrapper
+
+        return decorate
+
+    # -- recording from threads ----------------------------------------------------------
+
+    def record_file_threadsafe(self, filename: str | os.PathLike[str], **fields: Any) -> None:
+        """``record_file`` from a worker thread (``ThreadPoolExecutor``, ``to_thread``).
+
+        Blocks the calling thread (never the event loop) until the event is in the
+        buffer. Must not be called from the event loop's own thread.
+        """
+        self._from_thread(self.record_file, filename, **fields)
+
+    def record_error_threadsafe(
+        self, filename: str | os.PathLike[str], error_type: str, error_message: str,
+        duration: float = 0.0,
+    ) -> None:
+        """``record_error`` from a worker thread; see ``record_file_threadsafe``."""
+        self._from_thread(self.record_error, filename, error_type, error_message, duration)
+
+    def record_skip_threadsafe(self, filename: str | os.PathLike[str], reason: str = "") -> None:
+        """``record_skip`` from a worker thread; see ``record_file_threadsafe``."""
+        self._from_thread(self.record_skip, filename, reason)
+
+    def _from_thread(self, fn: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any) -> None:
+        token = self._token
+        if token is None or self._send is None:
+            raise self._not_running()
+        try:
+            anyio.from_thread.run(_call(fn, *args, **kwargs), token=token)
+        except anyio.RunFinishedError:
+            raise self._not_running() from None
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def snapshot(self) -> BatchMetricsSummary:
+        """The summary including every record call that returned before this call."""
+        send = self._send
+        if send is not None:
+            self._chunk = None  # the marker goes after it: appends must not pass the marker
+            marker = _Marker()
+            self._markers.add(marker)
+            try:
+                try:
+                    send.send_nowait(marker)
+                except WouldBlock:
+                    await send.send(marker)
+            except (BrokenResourceError, ClosedResourceError):
+                self._markers.discard(marker)
+            else:
+                await marker.event.wait()
+            if self._consumer_error is not None:
+                raise self._not_running() from self._consumer_error
+        return self.summary()
+
+    def summary(self) -> BatchMetricsSummary:
+        """The summary now, in O(1) time; final once the batch has exited.
+
+        While running it covers the events the consumer has folded so far (use
+        ``snapshot()`` to include every call that returned).
+        """
+        if self._final is not None:
+            return self._final
+        return self._make_summary()
+
+    def _make_summary(self) -> BatchMetricsSummary:
+        finished = self._state is BatchState.FINISHED
+        now = self._clock()
+        mono = anyio.current_time() if self._state is not BatchState.NEW else 0.0
+        recent = self._window.rates(mono) if not finished else None
+        eta: tuple[float | None, float | None, float | None] = (None, None, None)
+        if self.total_files is not None and not finished:
+            start = self._agg.start_ts
+            elapsed = now - start if start else 0.0
+            eta = estimate_eta(
+                remaining=max(self.total_files - self._agg.total_files, 0),
+                done=self._agg.total_files,
+                elapsed=elapsed,
+                recent_rate=self._window.completion_rate(mono),
+            )
+        elif self.total_files is not None:
+            eta = (0.0, 0.0, 0.0)
+        return self._agg.to_summary(
+            self.batch_id,
+            now=None if finished else now,
+            state=self._outcome if finished else self._state.value,
+            throughput_recent=recent,
+            progress_total=self.total_files,
+            eta=eta,
+            in_flight=self._in_flight,
+        )
+
+    async def live(self, interval: float = 1.0) -> AsyncIterator[BatchMetricsSummary]:
+        """Yield a summary every ``interval`` seconds while the batch runs, then the final one.
+
+        Waits for the batch to start if it has not. Each iterator is independent;
+        a slow one skips ticks and never slows the producers. The batch ends when
+        its ``async with`` block exits, so iterate from a task that is not inside
+        that block (e.g. a task group around it).
+        """
+        _check_positive(interval, "interval")
+        await self._started.wait() if self._state is BatchState.NEW else None
+        next_tick = anyio.current_time() + interval
+        while not self._finished.is_set():
+            with anyio.move_on_after(max(next_tick - anyio.current_time(), 0.0)):
+                await self._finished.wait()
+            if self._finished.is_set():
+                break
+            yield self.summary()
+            now = anyio.current_time()
+            next_tick += interval
+            if next_tick <= now:  # the reader was slow: skip the ticks it missed
+                next_tick = now + interval - (now - next_tick) % interval
+        yield self.summary()
+
+    async def wait_finished(self) -> BatchMetricsSummary:
+        """Wait until the batch has exited; return its final summary."""
+        await self._finished.wait()
+        return self.summary()
+
+    def get_file_metrics(self) -> list[dict[str, Any]]:
+        """Per-file rows as the reference's ``FileMetrics.to_dict()`` (plus ``bytes_processed``)."""
+        return [file_row_dict(ev) for ev in self._require_files().rows()]
+
+    def _require_files(self) -> FileTable:
+        if self._files is None:
+            raise RuntimeError(
+                f"batch {self.batch_id!r} keeps no per-file rows (keep_files=False); "
+                "stream them with sinks=[JsonlSink(...)] instead"
+            )
+        return self._files
+
+    def state_dict(self) -> dict[str, Any]:
+        """The aggregate's mergeable JSON state (see ``merge_states``)."""
+        return self._agg.to_state()
+
+    # -- exports -------------------------------------------------------------------------
+
+    async def export_json(self, path: str | os.PathLike[str]) -> None:
+        """Write ``{"summary", "files", "state"}`` atomically (temp file + ``os.replace``)."""
+        summary = self.summary()
+        files = self._files
+        n = len(files) if files is not None else 0
+        rows = files.rows(0, n) if files is not None else iter(())
+        await write_json(path, summary.to_dict(), self._agg.to_state(), rows)
+        logger.info("Batch metrics exported to %s", os.fspath(path))
+
+    async def export_csv(self, path: str | os.PathLike[str]) -> None:
+        """Write one CSV row per file atomically (reference columns first)."""
+        files = self._require_files()
+        n = len(files)
+        if n == 0:
+            logger.warning("No file metrics to export; writing the CSV header only")
+        await write_csv(path, files.rows(0, n))
+        logger.info("Batch metrics CSV exported to %s", os.fspath(path))
+
+
+class Tracked:
+    """The per-file handle of ``track()``; set its counters inside the block."""
+
+    __slots__ = ("_metrics", "_skip_reason", "_t0", "bytes_processed", "filename",
+                 "measurements", "memory_peak", "samples")
+
+    def __init__(self, metrics: BatchMetrics, filename: str) -> None:
+        self._metrics = metrics
+        self.filename = filename
+        self.samples = 0
+        self.measurements = 0
+        self.bytes_processed = 0
+        self.memory_peak: int | None = None
+        self._skip_reason: str | None = None
+        self._t0 = 0.0
+
+    def skip(self, reason: str = "") -> None:
+        """Record this file as skipped (with ``reason``) instead of as a success."""
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
+        self._skip_reason = reason
+
+    async def __aenter__(self) -> Tracked:
+        if self._metrics._send is None:
+            raise self._metrics._not_running()
+        self._metrics._in_flight += 1
+        self._t0 = time.perf_counter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        duration = time.perf_counter() - self._t0
+        m = self._metrics
+        m._in_flight -= 1
+        if exc is None:
+            if self._skip_reason is not None:
+                await m.record_file(self.filename, duration=duration, status="skipped",
+                                    error_message=self._skip_reason)
+            else:
+                await m.record_file(
+                    self.filename, duration=duration, samples=self.samples,
+                    measurements=self.measurements, bytes_processed=self.bytes_processed,
+                    memory_peak=self.memory_peak)
+        elif isinstance(exc, Exception):
+            await m.record_file(self.filename, duration=duration, status="error",
+                                error_type=type(exc).__name__, error_message=str(exc))
+
+
+def get_batch_stats(batch_id: str, metrics: BatchMetrics) -> dict[str, Any]:
+    """The ``stats <batch_id>`` command of the reference: the summary as a dict."""
+    if metrics.batch_id != batch_id:
+        raise ValueError(f"Batch ID mismatch: expected {batch_id}, got {metrics.batch_id}")
+    return metrics.summary().to_dict()
+
+
+def _call(
+    fn: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def call() -> None:
+        await fn(*args, **kwargs)
+
+    return call
+
+
+def _check_positive(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{field} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{field} must be > 0 and finite, got {value!r}")
+    return float(value)
+

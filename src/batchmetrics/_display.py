@@ -1,0 +1,109 @@
+"""Live progress on the terminal: a ``rich`` bar when installed, else a periodic log line."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._summary import BatchMetricsSummary
+
+if TYPE_CHECKING:
+    from ._collector import BatchMetrics
+
+logger = logging.getLogger("batchmetrics")
+
+
+class Display(Protocol):
+    def update(self, summary: BatchMetricsSummary) -> None: ...
+
+    def close(self, summary: BatchMetricsSummary) -> None: ...
+
+
+def _eta_text(summary: BatchMetricsSummary) -> str:
+    p = summary.progress
+    if p is None or p.eta_seconds is None:
+        return "ETA ?"
+    if p.eta_low_seconds is not None and p.eta_high_seconds is not None \
+            and round(p.eta_low_seconds) != round(p.eta_high_seconds):
+        return f"ETA {p.eta_seconds:.0f}s ({p.eta_low_seconds:.0f}-{p.eta_high_seconds:.0f}s)"
+    return f"ETA {p.eta_seconds:.0f}s"
+
+
+def status_line(summary: BatchMetricsSummary) -> str:
+    """One line: files done (of total), rates, errors, ETA."""
+    p = summary.progress
+    done = f"{summary.total_files:,}" + (f"/{p.total_files:,} ({p.percent:.1f}%)" if p else "")
+    t = summary.throughput
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(summary.errors.by_type.items()))
+    parts = [
+        f"batch {summary.batch_id}: {done} files",
+        f"{t.recent_files_per_second:.1f} files/s now, {t.files_per_second:.1f} overall",
+        f"{summary.error_count} errors" + (f" ({errors})" if errors else ""),
+        f"{summary.skip_count} skipped",
+    ]
+    if p is not None:
+        parts.append(_eta_text(summary))
+    return " | ".join(parts)
+
+
+class LogDisplay:
+    """Without ``rich``: an INFO log line every interval."""
+
+    def update(self, summary: BatchMetricsSummary) -> None:
+        logger.info("%s", status_line(summary))
+
+    def close(self, summary: BatchMetricsSummary) -> None:
+        logger.info("finished: %s", status_line(summary))
+
+
+class RichDisplay:
+    """A ``rich`` progress bar with files/s, ETA range and error counts."""
+
+    def __init__(self, metrics: BatchMetrics) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[errors]}"),
+            TextColumn("{task.fields[eta]}"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        self._task = self._progress.add_task(
+            metrics.batch_id, total=metrics.total_files, rate="", errors="", eta="")
+        self._progress.start()
+
+    def _show(self, summary: BatchMetricsSummary) -> None:
+        t = summary.throughput
+        errors = summary.error_count
+        self._progress.update(
+            self._task,
+            completed=summary.total_files,
+            rate=f"{t.recent_files_per_second:.1f} files/s",
+            errors=f"[red]{errors} errors[/red]" if errors else "0 errors",
+            eta=_eta_text(summary) if summary.progress else "",
+        )
+
+    def update(self, summary: BatchMetricsSummary) -> None:
+        self._show(summary)
+
+    def close(self, summary: BatchMetricsSummary) -> None:
+        self._show(summary)
+        self._progress.stop()
+
+
+def make_display(metrics: BatchMetrics) -> Any:
+    """A ``RichDisplay`` when ``rich`` is importable, else a ``LogDisplay``."""
+    try:
+        return RichDisplay(metrics)
+    except ImportError:
+        return LogDisplay()

@@ -1,0 +1,146 @@
+"""The per-file event: its layout, its statuses, and the checks on its fields.
+
+An event is a plain tuple (the cheapest immutable value Python builds) with the
+fields at the ``F_*`` positions below; :class:`FileRecord` is the same layout as a
+``NamedTuple`` for code outside the hot path. Pure: stdlib only.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from typing import Any, Final, NamedTuple
+
+SUCCESS: Final = 0
+ERROR: Final = 1
+SKIPPED: Final = 2
+#: Status names by code; the statuses are exactly these three.
+STATUS_NAMES: Final = ("success", "error", "skipped")
+STATUS_CODES: Final[dict[str, int]] = {name: code for code, name in enumerate(STATUS_NAMES)}
+
+F_NAME: Final = 0
+F_END: Final = 1
+F_DURATION: Final = 2
+F_SAMPLES: Final = 3
+F_MEASUREMENTS: Final = 4
+F_BYTES: Final = 5
+F_STATUS: Final = 6
+F_ERROR_TYPE: Final = 7
+F_ERROR_MESSAGE: Final = 8
+F_MEMORY_PEAK: Final = 9
+
+#: The raw event tuple, as the record path builds it.
+Event = tuple[str, float, float, int, int, int, int, "str | None", "str | None", "int | None"]
+
+
+class FileRecord(NamedTuple):
+    """One file's outcome, as sinks receive it.
+
+    ``end_time`` is a Unix timestamp taken when the record call was made;
+    ``start_time`` is ``end_time - duration`` (as the reference design does).
+    """
+
+    filename: str
+    end_time: float
+    duration: float
+    samples: int
+    measurements: int
+    bytes_processed: int
+    status_code: int
+    error_type: str | None
+    error_message: str | None
+    memory_peak: int | None
+
+    @property
+    def status(self) -> str:
+        return STATUS_NAMES[self.status_code]
+
+    @property
+    def start_time(self) -> float:
+        return self.end_time - self.duration
+
+
+def check_filename(filename: object) -> str:
+    """A non-empty ``str`` (a ``PathLike`` of ``str`` is turned into one)."""
+    if isinstance(filename, os.PathLike):
+        filename = os.fspath(filename)
+    if not isinstance(filename, str):
+        raise TypeError(f"filename must be a str or os.PathLike, got {filename!r}")
+    if not filename:
+        raise ValueError("filename must not be empty, got ''")
+    return filename
+
+
+def check_duration(value: object, field: str = "duration") -> float:
+    """A finite number of seconds ``>= 0`` (``bool`` is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        try:
+            if isinstance(value, bool | str | bytes):
+                raise TypeError
+            value = float(value)  # type: ignore[arg-type]  # numpy floats, Decimal, ...
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{field} must be a number of seconds, got {type(value).__name__} {value!r}"
+            ) from None
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{field} must be finite, got {value!r}")
+    if value < 0.0:
+        raise ValueError(f"{field} must be >= 0, got {value!r}")
+    return value
+
+
+def check_count(value: object, field: str) -> int:
+    """An integer ``>= 0``; ``bool``, floats and strings are refused."""
+    if isinstance(value, bool | float | str | bytes):
+        raise TypeError(f"{field} must be an int, got {type(value).__name__} {value!r}")
+    try:
+        count = operator.index(value)  # type: ignore[arg-type]  # int, numpy ints
+    except TypeError:
+        raise TypeError(f"{field} must be an int, got {type(value).__name__} {value!r}") from None
+    if count < 0:
+        raise ValueError(f"{field} must be >= 0, got {count!r}")
+    return count
+
+
+def check_optional_str(value: object, field: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{field} must be a str or None, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_status(status: object) -> int:
+    """The status code of ``"success"``, ``"error"`` or ``"skipped"``."""
+    if not isinstance(status, str):
+        raise TypeError(f"status must be a str, got {type(status).__name__} {status!r}")
+    code = STATUS_CODES.get(status)
+    if code is None:
+        raise ValueError(f"status must be one of {', '.join(STATUS_NAMES)}; got {status!r}")
+    return code
+
+
+def check_fields(
+    filename: Any,
+    duration: Any,
+    samples: Any,
+    measurements: Any,
+    bytes_processed: Any,
+    error_type: Any,
+    error_message: Any,
+    memory_peak: Any,
+) -> tuple[str, float, int, int, int, str | None, str | None, int | None]:
+    """Check every field of a record call, in signature order; return them normalised.
+
+    Raises ``TypeError``/``ValueError`` naming the first bad field and its value.
+    """
+    return (
+        check_filename(filename),
+        check_duration(duration),
+        check_count(samples, "samples"),
+        check_count(measurements, "measurements"),
+        check_count(bytes_processed, "bytes_processed"),
+        check_optional_str(error_type, "error_type"),
+        check_optional_str(error_message, "error_message"),
+        None if memory_peak is None else check_count(memory_peak, "memory_peak"),
+    )

@@ -1,0 +1,90 @@
+"""Atomic file writes with aiofiles: a temp file in the same folder, fsync, ``os.replace``.
+
+A reader sees the previous file or the complete new one, never half of one; a
+failed write leaves the previous file as it was and no temp file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+import anyio.to_thread
+from aiofiles.threadpool.text import AsyncTextIOWrapper
+
+from ._events import Event
+from ._render import csv_header, csv_rows, export_json_chunks
+
+
+class ExportError(OSError):
+    """An export could not be written; the previous file at that path is intact."""
+
+
+def _temp_path(target: str) -> str:
+    folder, name = os.path.split(target)
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+@asynccontextmanager
+async def atomic_text_file(path: str | os.PathLike[str]) -> AsyncIterator[AsyncTextIOWrapper]:
+    """Open a temp file beside ``path``; on success it replaces ``path`` atomically."""
+    target = os.fspath(path)
+    tmp = _temp_path(target)
+    try:
+        async with aiofiles.open(tmp, "w", encoding="utf-8", newline="") as f:
+            yield f
+            await f.flush()
+            await anyio.to_thread.run_sync(os.fsync, f.fileno())
+        await aiofiles.os.replace(tmp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            await aiofiles.os.remove(tmp)
+        if isinstance(exc, Exception):
+            raise ExportError(f"could not write {target!r}: {exc}") from exc
+        raise
+
+
+async def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace ``path`` with ``text`` atomically."""
+    async with atomic_text_file(path) as f:
+        await f.write(text)
+
+
+async def write_chunks_atomic(path: str | os.PathLike[str], chunks: Iterable[str]) -> None:
+    """Replace ``path`` with the concatenated chunks atomically, one write per chunk."""
+    async with atomic_text_file(path) as f:
+        for chunk in chunks:
+            await f.write(chunk)
+
+
+async def write_json(
+    path: str | os.PathLike[str],
+    summary: dict[str, Any],
+    state: dict[str, Any] | None,
+    rows: Iterable[Event],
+) -> None:
+    """The JSON export, atomically."""
+    await write_chunks_atomic(path, export_json_chunks(summary, state, rows))
+
+
+def _csv_chunks(rows: Iterable[Event], chunk_rows: int = 5000) -> Iterator[str]:
+    yield csv_header()
+    chunk: list[Event] = []
+    for ev in rows:
+        chunk.append(ev)
+        if len(chunk) >= chunk_rows:
+            yield csv_rows(chunk)
+            chunk = []
+    if chunk:
+        yield csv_rows(chunk)
+
+
+async def write_csv(path: str | os.PathLike[str], rows: Iterable[Event]) -> None:
+    """The CSV export, atomically."""
+    await write_chunks_atomic(path, _csv_chunks(rows))
