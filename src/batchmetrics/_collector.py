@@ -195,14 +195,14 @@ class BatchMetrics:
         await tg.__aenter__()
         self._tg = tg
         try:
+            self._agg.start_ts = self._clock()
+            self._window.begin(anyio.current_time())
             if self._store_arg is not None:
                 from ._store import Store
 
                 store = self._store_arg
                 self._store = store if isinstance(store, Store) else Store(store)
                 await self._store.begin(self)
-            self._agg.start_ts = self._clock()
-            self._window.begin(anyio.current_time())
             tg.start_soon(self._consume, name=f"batchmetrics consumer {self.batch_id}")
             if self._needs_ticker():
                 tg.start_soon(self._tick, name=f"batchmetrics ticker {self.batch_id}")
