@@ -38,6 +38,9 @@ def _bits_to_float(bits: int) -> float:
 class QuantileSketch:
     """Quantiles of non-negative floats within a relative error bound.
 
+    The bound holds for zeros and for normal floats (``>= 2.2e-308``); subnormals are
+    bucketed linearly by their bits, so their estimates are only absolutely close.
+
     ``quantile(q)`` interpolates linearly between the order statistics at ranks
     ``floor(q * (n - 1))`` and ``ceil(q * (n - 1))`` (as ``statistics.median``
     and numpy's default ``linear`` method), each estimated within
@@ -130,7 +133,15 @@ class QuantileSketch:
     def _representative(self, key: int) -> float:
         lower = _bits_to_float(key << self._shift)
         upper = _bits_to_float((key + 1) << self._shift)
-        return 2.0 * lower * upper / (lower + upper)
+        if lower == 0.0:  # the lowest bucket, of tiny subnormals: clamped to the min anyway
+            return lower
+        # The harmonic mean, computed at a scale where lower * upper cannot overflow
+        # (values above 1e154) or underflow (below 1e-154); scaling by 2**-e is exact.
+        # The top bucket's upper bound is 2**1024, one past the largest float.
+        e = math.frexp(lower)[1]
+        lo = math.ldexp(lower, -e)
+        hi = math.ldexp(1.0, 1024 - e) if upper == math.inf else math.ldexp(upper, -e)
+        return math.ldexp(2.0 * lo * hi / (lo + hi), e)
 
     def _values_at_ranks(self, ranks: list[int]) -> dict[int, float]:
         lo, hi = self._min, self._max
