@@ -9,14 +9,16 @@ the per-file table and the sinks.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import logging
 import math
 import os
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
@@ -43,6 +45,7 @@ from ._files import FileTable
 from ._render import file_row_dict, json_text
 from ._sinks import Sink, check_sink
 from ._summary import BatchMetricsSummary
+from ._threads import InboxClosed, ThreadInbox
 from ._window import RateWindow, estimate_eta
 
 if TYPE_CHECKING:
@@ -52,6 +55,7 @@ logger = logging.getLogger("batchmetrics")
 
 _INF = math.inf
 _CHUNK = 256
+_PUMP_PERIOD = 0.002  # seconds between pump passes while threads record
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -138,7 +142,7 @@ class BatchMetrics:
         check_count(slowest, "slowest")
         if not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
-        if isinstance(sinks, Sink) or not isinstance(sinks, Sequence):
+        if isinstance(sinks, Sink | str | bytes) or not isinstance(sinks, Sequence):
             raise TypeError(f"sinks must be a sequence of sinks, got {sinks!r}")
         self._sinks = [check_sink(s) for s in sinks]
         self.batch_id = batch_id
@@ -166,12 +170,19 @@ class BatchMetrics:
         self._tg: TaskGroup | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._consumer_done = anyio.Event()
+        self._consumer_scope: anyio.CancelScope | None = None
         self._consumer_error: BaseException | None = None
         self._started = anyio.Event()
         self._finished = anyio.Event()
         self._markers: set[_Marker] = set()
         self._in_flight = 0
         self._final: BatchMetricsSummary | None = None
+        self._inbox = ThreadInbox(buffer_size)
+        self._inbox_used = anyio.Event()
+        self._pump_lock = anyio.Lock()
+        self._thread_lock = threading.Lock()
+        self._in_flight_threads = 0
+        self._loop_thread = -1
         self._accepts_raw = [getattr(s, "accepts_raw_events", False) for s in self._sinks]
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -191,12 +202,14 @@ class BatchMetrics:
             max(1, self._buffer_size // _CHUNK))
         self._recv = recv
         self._token = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
+        self._send_for_pump = send
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         try:
             self._agg.start_ts = self._clock()
-            self._window.begin(anyio.current_time())
+            self._window.begin(self._agg.start_ts)
             if self._store_arg is not None:
                 from ._store import Store
 
@@ -204,6 +217,7 @@ class BatchMetrics:
                 self._store = store if isinstance(store, Store) else Store(store)
                 await self._store.begin(self)
             tg.start_soon(self._consume, name=f"batchmetrics consumer {self.batch_id}")
+            tg.start_soon(self._pump, name=f"batchmetrics thread pump {self.batch_id}")
             if self._needs_ticker():
                 tg.start_soon(self._tick, name=f"batchmetrics ticker {self.batch_id}")
         except BaseException as exc:
@@ -211,6 +225,8 @@ class BatchMetrics:
             send.close()
             await tg.__aexit__(type(exc), exc, exc.__traceback__)
             self._state = BatchState.FINISHED
+            self._started.set()  # release live() iterators waiting for a start
+            self._finished.set()
             raise
         self._send = send
         self._state = BatchState.RUNNING
@@ -239,6 +255,8 @@ class BatchMetrics:
         problem: BaseException | None = None
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self._shutdown_timeout) as scope:
+                self._inbox.close()
+                await self._pump_once()  # what threads recorded before the exit
                 send.close()
                 await self._consumer_done.wait()
                 self._agg.end_ts = self._clock()
@@ -247,6 +265,8 @@ class BatchMetrics:
                 self._finished.set()
                 problem = await self._finish_outputs()
             if scope.cancelled_caught:
+                if self._consumer_scope is not None:
+                    self._consumer_scope.cancel()
                 problem = TimeoutError(
                     f"batch {self.batch_id!r} did not finish draining within "
                     f"{self._shutdown_timeout} s"
@@ -307,61 +327,70 @@ class BatchMetrics:
     # -- the consumer -------------------------------------------------------------------
 
     async def _consume(self) -> None:
+        """Drain the stream into the aggregate, the file table and the sinks, until it ends.
+
+        Shielded: cancelling the batch body must not stop the consumer, which ends
+        when the stream is closed and drained (``__aexit__``), or when the exit's
+        deadline cancels ``_consumer_scope``.
+        """
+        with anyio.CancelScope(shield=True) as scope:
+            self._consumer_scope = scope
+            try:
+                await self._consume_stream()
+            except BaseException as exc:
+                self._consumer_error = exc
+                logger.error("batchmetrics consumer of batch %r failed", self.batch_id,
+                             exc_info=not isinstance(exc, anyio.get_cancelled_exc_class()))
+            finally:
+                await self._close_sinks()
+                self._consumer_done.set()
+                for marker in self._markers:
+                    marker.event.set()
+
+    async def _consume_stream(self) -> None:
         recv = self._recv
         assert recv is not None
         receive_nowait = recv.receive_nowait
         flush_every = self._interval if self._sinks else _INF
         next_flush = anyio.current_time() + flush_every
-        try:
-            with recv:
-                while True:
-                    try:
-                        if flush_every == _INF:
-                            item = await recv.receive()
-                        else:
-                            item = None
-                            with anyio.move_on_after(max(next_flush - anyio.current_time(), 0)):
-                                item = await recv.receive()
-                            if item is None:
-                                await self._flush_sinks()
-                                next_flush = anyio.current_time() + flush_every
-                                continue
-                    except EndOfStream:
-                        break
-                    items = [item]
-                    append = items.append
-                    try:
-                        while True:
-                            append(receive_nowait())
-                    except (WouldBlock, EndOfStream):
-                        pass
-                    self._chunk = None  # the open chunk is among the items: close it
-                    if self._markers:
-                        await self._fold_with_markers(items)
+        with recv:
+            while True:
+                try:
+                    if flush_every == _INF:
+                        item = await recv.receive()
                     else:
-                        await self._fold(item if len(items) == 1 else
-                                         list(chain.from_iterable(items)))
-                    del items, append, item  # hold no events while waiting for more
-                    if anyio.current_time() >= next_flush:
-                        await self._flush_sinks()
-                        next_flush = anyio.current_time() + flush_every
-            await self._close_sinks()
-        except BaseException as exc:
-            self._consumer_error = exc
-            logger.error("batchmetrics consumer of batch %r failed", self.batch_id,
-                         exc_info=True)
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                raise
-        finally:
-            self._consumer_done.set()
-            for marker in self._markers:
-                marker.event.set()
+                        item = None
+                        with anyio.move_on_after(max(next_flush - anyio.current_time(), 0)):
+                            item = await recv.receive()
+                        if item is None:
+                            await self._flush_sinks()
+                            next_flush = anyio.current_time() + flush_every
+                            continue
+                except EndOfStream:
+                    break
+                items = [item]
+                append = items.append
+                try:
+                    while True:
+                        append(receive_nowait())
+                except (WouldBlock, EndOfStream):
+                    pass
+                self._chunk = None  # the open chunk is among the items: close it
+                if self._markers:
+                    await self._fold_with_markers(items)
+                else:
+                    await self._fold(item if len(items) == 1 else
+                                     list(chain.from_iterable(items)))
+                del items, append, item  # hold no events while waiting for more
+                if anyio.current_time() >= next_flush:
+                    await self._flush_sinks()
+                    next_flush = anyio.current_time() + flush_every
 
     async def _fold(self, batch: list[Event]) -> None:
-        n, ok, samples, nbytes = self._agg.add_batch(batch)
+        counts = self._agg.add_batch(batch)
         if self._files is not None:
             self._files.extend(batch)
-        self._window.add_counts(anyio.current_time(), n, ok, samples, nbytes)
+        self._window.add_batch(batch, counts)
         if self._sinks:
             records: list[FileRecord] | None = None
             for sink, raw in zip(self._sinks, self._accepts_raw, strict=True):
@@ -393,8 +422,16 @@ class BatchMetrics:
             await sink.flush()
 
     async def _close_sinks(self) -> None:
-        for sink in self._sinks:
-            await sink.aclose()
+        """Flush and close every sink, also after a failure; the first error is kept."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._shutdown_timeout):
+            for sink in self._sinks:
+                try:
+                    await sink.aclose()
+                except Exception as exc:
+                    logger.error("batchmetrics: closing sink %r of batch %r failed", sink,
+                                 self.batch_id, exc_info=True)
+                    if self._consumer_error is None:
+                        self._consumer_error = exc
 
     # -- the periodic ticker ------------------------------------------------------------
 
@@ -567,33 +604,96 @@ class BatchMetrics:
 
     # -- recording from threads ----------------------------------------------------------
 
-    def record_file_threadsafe(self, filename: str | os.PathLike[str], **fields: Any) -> None:
-        """``record_file`` from a worker thread (``ThreadPoolExecutor``, ``to_thread``).
+    def record_file_threadsafe(
+        self,
+        filename: str | os.PathLike[str],
+        *,
+        duration: float,
+        samples: int = 0,
+        measurements: int = 0,
+        bytes_processed: int = 0,
+        status: str = "success",
+        error_type: str | None = None,
+        error_message: str | None = None,
+        memory_peak: int | None = None,
+    ) -> None:
+        """``record_file`` for worker threads (``ThreadPoolExecutor``, ``anyio.to_thread``).
 
-        Blocks the calling thread (never the event loop) until the event is in the
-        buffer. Must not be called from the event loop's own thread.
+        Checks the arguments in the calling thread (bad ones raise there) and hands
+        the event to the loop through a bounded inbox: under backpressure it blocks
+        the calling thread, never the event loop. Must not be called on the loop's
+        own thread (``await record_file`` there).
         """
-        self._from_thread(self.record_file, filename, **fields)
+        (filename, duration, samples, measurements, bytes_processed, error_type,
+         error_message, memory_peak) = check_fields(
+            filename, duration, samples, measurements, bytes_processed, error_type,
+            error_message, memory_peak)
+        code = check_status(status)
+        self._put_from_thread((filename, self._clock(), duration, samples, measurements,
+                               bytes_processed, code, error_type, error_message, memory_peak))
 
     def record_error_threadsafe(
         self, filename: str | os.PathLike[str], error_type: str, error_message: str,
         duration: float = 0.0,
     ) -> None:
-        """``record_error`` from a worker thread; see ``record_file_threadsafe``."""
-        self._from_thread(self.record_error, filename, error_type, error_message, duration)
+        """``record_error`` for worker threads; see ``record_file_threadsafe``."""
+        if not isinstance(error_type, str):
+            raise TypeError(f"error_type must be a str, got {type(error_type).__name__} "
+                            f"{error_type!r}")
+        self.record_file_threadsafe(filename, duration=duration, status="error",
+                                    error_type=error_type, error_message=error_message)
 
     def record_skip_threadsafe(self, filename: str | os.PathLike[str], reason: str = "") -> None:
-        """``record_skip`` from a worker thread; see ``record_file_threadsafe``."""
-        self._from_thread(self.record_skip, filename, reason)
+        """``record_skip`` for worker threads; see ``record_file_threadsafe``."""
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
+        self.record_file_threadsafe(filename, duration=0.0, status="skipped",
+                                    error_message=reason)
 
-    def _from_thread(self, fn: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any) -> None:
-        token = self._token
-        if token is None or self._send is None:
+    def track_threadsafe(self, filename: str | os.PathLike[str]) -> TrackedInThread:
+        """``track()`` for worker threads: ``with metrics.track_threadsafe(name) as item:``."""
+        return TrackedInThread(self, check_filename(filename))
+
+    def _put_from_thread(self, ev: Event) -> None:
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError(
+                f"batch {self.batch_id!r}: record_*_threadsafe was called on the event loop's "
+                "thread, where it could block the loop; use `await metrics.record_file(...)`"
+            )
+        if self._state is not BatchState.RUNNING:
             raise self._not_running()
+        first = not self._inbox.used
         try:
-            anyio.from_thread.run(_call(fn, *args, **kwargs), token=token)
-        except anyio.RunFinishedError:
+            self._inbox.put(ev)
+        except InboxClosed:
             raise self._not_running() from None
+        if first and self._token is not None:
+            # wake the pump once; later puts are picked up while it polls
+            with contextlib.suppress(anyio.RunFinishedError):
+                anyio.from_thread.run_sync(self._inbox_used.set, token=self._token)
+
+    async def _pump(self) -> None:
+        """Move events from the thread inbox to the stream while threads record."""
+        await self._inbox_used.wait()
+        period = _PUMP_PERIOD
+        while self._state is BatchState.RUNNING:
+            busy = len(self._inbox) > 0
+            await self._pump_once()
+            # poll often while threads record, less while they are quiet
+            period = _PUMP_PERIOD if busy else min(period * 2, 0.05)
+            await anyio.sleep(period)
+
+    async def _pump_once(self) -> None:
+        # one pump at a time, so a snapshot that pumps waits for a send under way
+        async with self._pump_lock:
+            send = self._send_for_pump
+            inbox = self._inbox
+            while len(inbox):
+                events = inbox.take(_CHUNK)
+                try:
+                    await send.send(events)
+                finally:
+                    inbox.done(len(events))
 
     # -- reading ------------------------------------------------------------------------
 
@@ -601,6 +701,7 @@ class BatchMetrics:
         """The summary including every record call that returned before this call."""
         send = self._send
         if send is not None:
+            await self._pump_once()  # what threads recorded before this call
             self._chunk = None  # the marker goes after it: appends must not pass the marker
             marker = _Marker()
             self._markers.add(marker)
@@ -630,8 +731,7 @@ class BatchMetrics:
     def _make_summary(self) -> BatchMetricsSummary:
         finished = self._state is BatchState.FINISHED
         now = self._clock()
-        mono = anyio.current_time() if self._state is not BatchState.NEW else 0.0
-        recent = self._window.rates(mono) if not finished else None
+        recent = self._window.rates(now) if not finished else None
         eta: tuple[float | None, float | None, float | None] = (None, None, None)
         if self.total_files is not None and not finished:
             start = self._agg.start_ts
@@ -640,7 +740,7 @@ class BatchMetrics:
                 remaining=max(self.total_files - self._agg.total_files, 0),
                 done=self._agg.total_files,
                 elapsed=elapsed,
-                recent_rate=self._window.completion_rate(mono),
+                recent_rate=self._window.completion_rate(now),
             )
         elif self.total_files is not None:
             eta = (0.0, 0.0, 0.0)
@@ -651,19 +751,23 @@ class BatchMetrics:
             throughput_recent=recent,
             progress_total=self.total_files,
             eta=eta,
-            in_flight=self._in_flight,
+            in_flight=self._in_flight + self._in_flight_threads,
         )
 
-    async def live(self, interval: float = 1.0) -> AsyncIterator[BatchMetricsSummary]:
+    def live(self, interval: float = 1.0) -> AsyncIterator[BatchMetricsSummary]:
         """Yield a summary every ``interval`` seconds while the batch runs, then the final one.
 
-        Waits for the batch to start if it has not. Each iterator is independent;
-        a slow one skips ticks and never slows the producers. The batch ends when
-        its ``async with`` block exits, so iterate from a task that is not inside
-        that block (e.g. a task group around it).
+        ``async for summary in metrics.live(0.5): ...`` waits for the batch to start
+        if it has not. Each iterator is independent; a slow one skips the ticks it
+        missed and never slows the producers. The batch ends when its ``async with``
+        block exits, so iterate from a task outside that block (for instance in a
+        task group around it), or the block would wait for the iteration forever.
         """
-        _check_positive(interval, "interval")
-        await self._started.wait() if self._state is BatchState.NEW else None
+        interval = _check_positive(interval, "interval")
+        return self._live(interval)
+
+    async def _live(self, interval: float) -> AsyncIterator[BatchMetricsSummary]:
+        await self._started.wait()
         next_tick = anyio.current_time() + interval
         while not self._finished.is_set():
             with anyio.move_on_after(max(next_tick - anyio.current_time(), 0.0)):
@@ -771,20 +875,66 @@ class Tracked:
                                 error_type=type(exc).__name__, error_message=str(exc))
 
 
+class TrackedInThread:
+    """The per-file handle of ``track_threadsafe()``: a sync context manager for threads."""
+
+    __slots__ = ("_metrics", "_skip_reason", "_t0", "bytes_processed", "filename",
+                 "measurements", "memory_peak", "samples")
+
+    def __init__(self, metrics: BatchMetrics, filename: str) -> None:
+        self._metrics = metrics
+        self.filename = filename
+        self.samples = 0
+        self.measurements = 0
+        self.bytes_processed = 0
+        self.memory_peak: int | None = None
+        self._skip_reason: str | None = None
+        self._t0 = 0.0
+
+    def skip(self, reason: str = "") -> None:
+        """Record this file as skipped (with ``reason``) instead of as a success."""
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
+        self._skip_reason = reason
+
+    def __enter__(self) -> TrackedInThread:
+        m = self._metrics
+        if m._state is not BatchState.RUNNING:
+            raise m._not_running()
+        with m._thread_lock:
+            m._in_flight_threads += 1
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        duration = time.perf_counter() - self._t0
+        m = self._metrics
+        with m._thread_lock:
+            m._in_flight_threads -= 1
+        if exc is None:
+            if self._skip_reason is not None:
+                m.record_file_threadsafe(self.filename, duration=duration, status="skipped",
+                                         error_message=self._skip_reason)
+            else:
+                m.record_file_threadsafe(
+                    self.filename, duration=duration, samples=self.samples,
+                    measurements=self.measurements, bytes_processed=self.bytes_processed,
+                    memory_peak=self.memory_peak)
+        elif isinstance(exc, Exception):
+            m.record_file_threadsafe(self.filename, duration=duration, status="error",
+                                     error_type=type(exc).__name__, error_message=str(exc))
+
+
 def get_batch_stats(batch_id: str, metrics: BatchMetrics) -> dict[str, Any]:
     """The ``stats <batch_id>`` command of the reference: the summary as a dict."""
     if metrics.batch_id != batch_id:
         raise ValueError(f"Batch ID mismatch: expected {batch_id}, got {metrics.batch_id}")
     return metrics.summary().to_dict()
-
-
-def _call(
-    fn: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any
-) -> Callable[[], Coroutine[Any, Any, None]]:
-    async def call() -> None:
-        await fn(*args, **kwargs)
-
-    return call
 
 
 def _check_positive(value: object, field: str) -> float:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Sequence
+
+from ._events import F_BYTES, F_END, F_SAMPLES, F_STATUS, SUCCESS, Event
 
 _SLOTS = 20
 
 
 class RateWindow:
-    """Completions per second over the last ``window`` seconds (monotonic clock).
+    """Completions per second over the last ``window`` seconds, by record time.
 
-    Counts go into ``window / 20``-second slots, so memory is constant and a
-    batch of events costs one slot update.
+    Counts go into ``window / 20``-second slots keyed by the events' own record
+    times, so memory is constant, and a batch of events that arrived within one
+    slot costs one slot update.
     """
 
     __slots__ = ("_slot", "_slots", "_start", "window")
@@ -19,7 +24,7 @@ class RateWindow:
     def __init__(self, window: float) -> None:
         self.window = window
         self._slot = window / _SLOTS
-        # [slot start, completed (all statuses), succeeded, samples, bytes]
+        # [slot key, completed (all statuses), succeeded, samples, bytes], keys ascending
         self._slots: deque[list[float]] = deque()
         self._start: float | None = None
 
@@ -27,25 +32,46 @@ class RateWindow:
         """Mark the start of the batch (rates in the first window use the time since)."""
         self._start = now
 
-    def add_counts(self, now: float, completed: int, ok: int, samples: int, nbytes: int) -> None:
-        if self._start is None:
-            self._start = now
-        slots = self._slots
-        if slots and now - slots[-1][0] < self._slot:
-            last = slots[-1]
-            last[1] += completed
-            last[2] += ok
-            last[3] += samples
-            last[4] += nbytes
-        else:
-            slots.append([now, completed, ok, samples, nbytes])
-        self._expire(now)
+    def add_batch(self, events: Sequence[Event], counts: tuple[int, int, int, int]) -> None:
+        """Count a batch; ``counts`` is (files, successes, samples, bytes) of the batch."""
+        if not events:
+            return
+        first, last = events[0][F_END], events[-1][F_END]
+        if 0.0 <= last - first <= self._slot:
+            self.add_counts(last, *counts)
+            return
+        for ev in events:  # a batch spread over time (a starved consumer): slot each event
+            if ev[F_STATUS] == SUCCESS:
+                self.add_counts(ev[F_END], 1, 1, ev[F_SAMPLES], ev[F_BYTES])
+            else:
+                self.add_counts(ev[F_END], 1, 0, 0, 0)
 
-    def _expire(self, now: float) -> None:
+    def add_counts(self, t: float, completed: int, ok: int, samples: int, nbytes: int) -> None:
+        key = math.floor(t / self._slot)
         slots = self._slots
-        horizon = now - self.window
-        while slots and slots[0][0] < horizon:
-            slots.popleft()
+        if not slots or slots[-1][0] < key:
+            slots.append([key, completed, ok, samples, nbytes])
+            if len(slots) > 2 * _SLOTS + 2:
+                slots.popleft()
+            return
+        for slot in reversed(slots):  # usually the last one
+            if slot[0] == key:
+                slot[1] += completed
+                slot[2] += ok
+                slot[3] += samples
+                slot[4] += nbytes
+                return
+            if slot[0] < key:
+                break
+        # an event older than the slots kept, or falling in a gap: keep it in order
+        slots.append([key, completed, ok, samples, nbytes])
+        ordered = sorted(slots, key=lambda s: s[0])
+        slots.clear()
+        slots.extend(ordered[-(2 * _SLOTS + 2):])
+
+    def _recent(self, now: float) -> list[list[float]]:
+        horizon = math.floor((now - self.window) / self._slot)
+        return [s for s in self._slots if horizon < s[0]]
 
     def _span(self, now: float) -> float:
         if self._start is None:
@@ -54,22 +80,21 @@ class RateWindow:
 
     def rates(self, now: float) -> tuple[float, float, float, float]:
         """(successful files/s, samples/s, bytes/s, seconds the rates cover)."""
-        self._expire(now)
         span = self._span(now)
         if span <= 0:
             return (0.0, 0.0, 0.0, 0.0)
-        ok = sum(s[2] for s in self._slots)
-        samples = sum(s[3] for s in self._slots)
-        nbytes = sum(s[4] for s in self._slots)
+        recent = self._recent(now)
+        ok = sum(s[2] for s in recent)
+        samples = sum(s[3] for s in recent)
+        nbytes = sum(s[4] for s in recent)
         return (ok / span, samples / span, nbytes / span, span)
 
     def completion_rate(self, now: float) -> float:
         """Files completed (any status) per second over the window; 0.0 if none."""
-        self._expire(now)
         span = self._span(now)
         if span <= 0:
             return 0.0
-        return sum(s[1] for s in self._slots) / span
+        return sum(s[1] for s in self._recent(now)) / span
 
 
 def estimate_eta(

@@ -1,0 +1,232 @@
+"""Live summaries, recent rates, progress and ETA, parallelism, the slowest files."""
+
+from __future__ import annotations
+
+import math
+import time
+from itertools import pairwise
+
+import anyio
+import pytest
+
+from batchmetrics import BatchMetrics, BatchMetricsSummary
+
+from .clock import FakeClock
+
+
+async def _produce(metrics: BatchMetrics, seconds: float, per_step: int = 20) -> int:
+    """Record files in small bursts for about ``seconds``; return how many."""
+    count = 0
+    deadline = anyio.current_time() + seconds
+    while anyio.current_time() < deadline:
+        for _ in range(per_step):
+            await metrics.record_file(f"f{count}.wfm", duration=0.01, samples=10)
+            count += 1
+        await anyio.sleep(0.01)
+    return count
+
+
+@pytest.mark.asyncio
+async def test_live_yields_every_interval_then_the_final_summary() -> None:
+    metrics = BatchMetrics("live")
+    seen: list[BatchMetricsSummary] = []
+
+    async def watch() -> None:
+        async for summary in metrics.live(interval=0.2):
+            seen.append(summary)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        async with metrics:
+            recorded = await _produce(metrics, 2.0)
+
+    assert len(seen) >= 8
+    counts = [s.total_files for s in seen]
+    assert counts == sorted(counts)
+    assert seen[-1].to_dict() == metrics.summary().to_dict()
+    assert seen[-1].state == "finished"
+    assert seen[-1].total_files == recorded
+    assert all(s.state == "running" for s in seen[:-1])
+
+
+@pytest.mark.asyncio
+async def test_a_slow_live_reader_skips_ticks_and_does_not_slow_producers() -> None:
+    metrics = BatchMetrics("slow-reader")
+    fast: list[float] = []
+    slow: list[float] = []
+
+    async def read(into: list[float], pause: float) -> None:
+        async for _ in metrics.live(interval=0.05):
+            into.append(time.monotonic())
+            await anyio.sleep(pause)  # a reader busy with something else
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read, fast, 0.0)
+        tg.start_soon(read, slow, 0.5)
+        async with metrics:
+            started = time.monotonic()
+            # the producer's own pace: 40 bursts of 25 files, 10 ms apart
+            for burst in range(40):
+                for i in range(25):
+                    await metrics.record_file(f"{burst}-{i}", duration=0.001)
+                await anyio.sleep(0.01)
+            producer_time = time.monotonic() - started
+
+    assert metrics.summary().total_files == 1000
+    # unhurried, the producer takes 0.4 s of sleeps; a slow reader must not add to it
+    assert producer_time < 0.4 + 0.35
+    assert len(slow) < len(fast)
+    # no backlog: the slow reader got one summary per pause, not one per missed tick
+    gaps = [b - a for a, b in pairwise(slow)]
+    assert all(gap >= 0.45 for gap in gaps[:-1])
+
+
+@pytest.mark.asyncio
+async def test_live_started_before_the_batch_waits_for_it() -> None:
+    metrics = BatchMetrics("later")
+    seen: list[BatchMetricsSummary] = []
+
+    async def watch() -> None:
+        async for summary in metrics.live(interval=0.05):
+            seen.append(summary)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        await anyio.sleep(0.2)
+        assert seen == []  # nothing before the batch starts
+        async with metrics:
+            await metrics.record_file("a", duration=0.1)
+            await anyio.sleep(0.15)
+    assert seen[-1].total_files == 1
+    assert seen[-1].state == "finished"
+
+
+@pytest.mark.parametrize("interval", [0, -1.0, math.nan, math.inf])
+def test_live_rejects_a_bad_interval_at_the_call(interval: float) -> None:
+    with pytest.raises(ValueError, match="interval"):
+        BatchMetrics("x").live(interval)
+
+
+def test_live_rejects_a_non_number_interval() -> None:
+    with pytest.raises(TypeError, match="interval"):
+        BatchMetrics("x").live("1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "field"),
+    [
+        ({"total_files": -1}, ValueError, "total_files"),
+        ({"total_files": 2.5}, TypeError, "total_files"),
+        ({"interval": 0}, ValueError, "interval"),
+        ({"rate_window": -3}, ValueError, "rate_window"),
+        ({"buffer_size": 0}, ValueError, "buffer_size"),
+        ({"sinks": [object()]}, TypeError, "not a sink"),
+        ({"sinks": "jsonl"}, TypeError, "sinks"),
+    ],
+)
+def test_bad_constructor_arguments_are_named(
+    kwargs: dict[str, object], error: type[Exception], field: str
+) -> None:
+    with pytest.raises(error, match=field):
+        BatchMetrics("x", **kwargs)  # type: ignore[arg-type]
+
+
+async def _steady(metrics: BatchMetrics, clock: FakeClock, files: int, rate: float) -> None:
+    for i in range(files):
+        clock.advance(1.0 / rate)
+        await metrics.record_file(f"s{i}", duration=0.5, samples=100, bytes_processed=1000)
+
+
+@pytest.mark.asyncio
+async def test_eta_at_a_steady_rate_is_close_to_the_true_remaining_time() -> None:
+    clock = FakeClock()
+    async with BatchMetrics("eta", total_files=1000, clock=clock, rate_window=10.0) as m:
+        await _steady(m, clock, 300, rate=10.0)  # 30 s at 10 files/s
+        summary = await m.snapshot()
+    progress = summary.progress
+    assert progress is not None
+    assert (progress.completed, progress.remaining) == (300, 700)
+    assert progress.percent == pytest.approx(30.0)
+    true_remaining = 700 / 10.0
+    assert progress.eta_seconds is not None
+    assert abs(progress.eta_seconds - true_remaining) <= 0.2 * true_remaining
+    assert progress.eta_low_seconds is not None
+    assert progress.eta_high_seconds is not None
+    assert progress.eta_low_seconds <= progress.eta_seconds <= progress.eta_high_seconds
+
+
+@pytest.mark.asyncio
+async def test_eta_follows_a_change_of_rate_within_the_window() -> None:
+    clock = FakeClock()
+    async with BatchMetrics("eta2", total_files=2000, clock=clock, rate_window=10.0) as m:
+        await _steady(m, clock, 200, rate=10.0)  # 20 s slow
+        await _steady(m, clock, 400, rate=40.0)  # then 10 s fast
+        summary = await m.snapshot()
+    assert summary.progress is not None
+    eta = summary.progress.eta_seconds
+    assert eta is not None
+    true_remaining = 1400 / 40.0  # the recent rate is what the batch does now
+    assert abs(eta - true_remaining) <= 0.2 * true_remaining
+    # the range spans the overall rate too
+    assert summary.progress.eta_high_seconds is not None
+    assert summary.progress.eta_high_seconds > eta
+
+
+@pytest.mark.asyncio
+async def test_eta_does_not_go_blank_while_one_file_outlasts_the_window() -> None:
+    clock = FakeClock()
+    async with BatchMetrics("stall", total_files=100, clock=clock, rate_window=5.0) as m:
+        await _steady(m, clock, 50, rate=5.0)
+        clock.advance(60.0)  # one file takes a minute: no completion in the window
+        summary = await m.snapshot()
+    assert summary.throughput.recent_files_per_second == 0.0
+    assert summary.progress is not None
+    assert summary.progress.eta_seconds is not None
+    assert summary.progress.eta_seconds > 0
+
+
+@pytest.mark.asyncio
+async def test_recent_rates_cover_the_window_and_cumulative_rates_the_run() -> None:
+    clock = FakeClock()
+    async with BatchMetrics("rates", clock=clock, rate_window=10.0) as m:
+        await _steady(m, clock, 100, rate=2.0)  # 50 s slow
+        await _steady(m, clock, 200, rate=20.0)  # 10 s fast
+        summary = await m.snapshot()
+    t = summary.throughput
+    assert t.recent_files_per_second == pytest.approx(20.0, rel=0.15)
+    assert t.recent_bytes_per_second == pytest.approx(20_000.0, rel=0.15)
+    assert t.recent_samples_per_second == pytest.approx(2_000.0, rel=0.15)
+    assert t.files_per_second == pytest.approx(300 / 60.0, rel=0.01)
+    assert t.bytes_per_second == pytest.approx(300_000 / 60.0, rel=0.01)
+
+
+@pytest.mark.asyncio
+async def test_parallelism_is_work_time_over_wall_time() -> None:
+    clock = FakeClock()
+    async with BatchMetrics("par", clock=clock) as m:
+        for i in range(100):
+            clock.advance(0.1)
+            await m.record_file(f"p{i}", duration=1.0)  # ten files at once, on average
+    summary = m.summary()
+    assert summary.timing.busy_seconds == pytest.approx(100.0)
+    assert summary.timing.parallelism == pytest.approx(10.0, rel=0.01)
+
+
+@pytest.mark.asyncio
+async def test_summary_lists_the_slowest_files_and_first_messages_per_error_type() -> None:
+    async with BatchMetrics("who", slowest=3) as m:
+        for i in range(100):
+            await m.record_file(f"f{i}", duration=0.001 * i)
+        await m.record_file("huge", duration=99.0)
+        for i in range(10):
+            await m.record_error(f"e{i}", "ValueError", f"bad header {i}", duration=0.05)
+        await m.record_error("x", "OSError", "disk", duration=120.0)
+    summary = m.summary()
+    assert [s.filename for s in summary.slowest_files] == ["x", "huge", "f99"]
+    assert summary.slowest_files[0].status == "error"
+    assert summary.errors.messages == {
+        "ValueError": ["bad header 0", "bad header 1", "bad header 2"],
+        "OSError": ["disk"],
+    }
+    assert summary.to_dict()["slowest_files"][1] == {
+        "filename": "huge", "duration_seconds": 99.0, "status": "success"}

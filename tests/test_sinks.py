@@ -1,0 +1,192 @@
+"""Streaming sinks, the live summary file, and what a cancelled batch leaves behind."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from batchmetrics import BatchMetrics, CsvSink, FileRecord, JsonlSink
+from batchmetrics.testing import MemorySink
+
+
+async def _record_mix(metrics: BatchMetrics, n: int) -> None:
+    for i in range(n):
+        if i % 20 == 3:
+            await metrics.record_error(f"dir/f{i}.wfm", "ValueError", f'bad "header" {i}',
+                                       duration=0.01)
+        elif i % 50 == 7:
+            await metrics.record_skip(f"dir/f{i}.wfm", reason="duplicate")
+        else:
+            await metrics.record_file(f"dir/f{i}.wfm", duration=0.001 * (i % 13 + 1),
+                                      samples=i, measurements=i % 5, bytes_processed=2 * i,
+                                      memory_peak=i if i % 7 == 0 else None)
+
+
+@pytest.mark.asyncio
+async def test_jsonl_sink_logs_every_file_with_keep_files_off(tmp_path: Path) -> None:
+    log = tmp_path / "files.jsonl"
+    reference = BatchMetrics("ref")  # the same events, kept in memory, to compare with
+    async with reference:
+        await _record_mix(reference, 5000)
+    async with BatchMetrics("log", keep_files=False, sinks=[JsonlSink(log)]) as m:
+        await _record_mix(m, 5000)
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 5000
+    rows = [json.loads(line) for line in lines]
+    expected = reference.get_file_metrics()
+    for row, want in zip(rows, expected, strict=True):
+        for key in ("start_time", "end_time"):  # recorded at other moments
+            row.pop(key)
+            want.pop(key)
+        assert row == want
+
+
+@pytest.mark.asyncio
+async def test_csv_sink_writes_a_header_and_one_row_per_file(tmp_path: Path) -> None:
+    path = tmp_path / "files.csv"
+    async with BatchMetrics("csv", keep_files=False, sinks=[CsvSink(path)]) as m:
+        await _record_mix(m, 1200)
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1200
+    assert rows[3]["status"] == "error"
+    assert rows[3]["error_message"] == 'bad "header" 3'
+    assert rows[7]["status"] == "skipped"
+    assert rows[0]["memory_peak_bytes"] == "0"
+    assert rows[1]["memory_peak_bytes"] == ""
+
+
+@pytest.mark.asyncio
+async def test_memory_sink_receives_records_in_order_and_is_closed() -> None:
+    sink = MemorySink()
+    async with BatchMetrics("mem", sinks=[sink], interval=0.05) as m:
+        await _record_mix(m, 300)
+        await anyio.sleep(0.15)  # at least one interval: the sink is flushed
+    assert sink.closed
+    assert sink.flushes >= 1
+    assert sink.filenames == [f"dir/f{i}.wfm" for i in range(300)]
+    assert all(isinstance(r, FileRecord) for r in sink.records)
+    assert sink.records[3].status == "error"
+    assert sink.records[3].error_type == "ValueError"
+    assert sink.records[0].start_time == pytest.approx(sink.records[0].end_time - 0.001)
+
+
+@pytest.mark.asyncio
+async def test_sinks_are_flushed_on_the_interval_while_the_batch_runs(tmp_path: Path) -> None:
+    log = tmp_path / "live.jsonl"
+    async with BatchMetrics("flush", sinks=[JsonlSink(log)], interval=0.05) as m:
+        await _record_mix(m, 100)
+        await anyio.sleep(0.3)
+        lines_while_running = log.read_text(encoding="utf-8").splitlines()
+        assert len(lines_while_running) == 100
+        assert all(json.loads(line) for line in lines_while_running)
+
+
+@pytest.mark.asyncio
+async def test_summary_file_is_rewritten_every_interval(tmp_path: Path) -> None:
+    path = tmp_path / "summary.json"
+    seen: list[dict[str, object]] = []
+    async with BatchMetrics("sf", summary_path=path, interval=0.05) as m:
+        for step in range(6):
+            await _record_mix(m, 50)
+            await anyio.sleep(0.08)
+            seen.append(json.loads(path.read_text(encoding="utf-8")))
+            assert seen[-1]["state"] == "running"
+            del step
+    final = json.loads(path.read_text(encoding="utf-8"))
+    counts = [int(str(s["total_files"])) for s in seen]
+    assert counts == sorted(counts)
+    assert counts[-1] >= 250
+    assert final == m.summary().to_dict()
+    assert final["state"] == "finished"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_batch_leaves_complete_logs_and_summary_file(tmp_path: Path) -> None:
+    jsonl, csv_path, summary_path = (tmp_path / "f.jsonl", tmp_path / "f.csv",
+                                     tmp_path / "summary.json")
+    returned = 0
+    metrics = BatchMetrics("cancelled", keep_files=False, buffer_size=64,
+                           sinks=[JsonlSink(jsonl), CsvSink(csv_path)],
+                           summary_path=summary_path, interval=10.0)
+
+    async def producer(k: int) -> None:
+        nonlocal returned
+        i = 0
+        while True:
+            await metrics.record_file(f"p{k}-{i}", duration=0.001)
+            returned += 1
+            i += 1
+            if i % 100 == 0:
+                await anyio.lowlevel.checkpoint()
+
+    with anyio.move_on_after(0.3):
+        async with metrics, anyio.create_task_group() as tg:
+            for k in range(4):
+                tg.start_soon(producer, k)
+    assert returned > 0
+    summary = metrics.summary()
+    assert summary.state == "cancelled"
+    assert summary.total_files == returned
+    assert len(jsonl.read_text(encoding="utf-8").splitlines()) == returned
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == returned
+    saved = json.loads(summary_path.read_text(encoding="utf-8"))
+    assert saved["state"] == "cancelled"
+    assert saved["total_files"] == returned
+
+
+class _BrokenSink:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        raise OSError("disk full")
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.asyncio
+async def test_a_failing_sink_surfaces_to_producers_and_at_exit() -> None:
+    sink = _BrokenSink()
+    metrics = BatchMetrics("broken", sinks=[sink], buffer_size=8)
+
+    async def record_until_refused() -> None:
+        for i in range(10_000):  # the consumer dies on its first batch
+            await metrics.record_file(f"f{i}", duration=0.01)
+            if i % 8 == 0:
+                await anyio.lowlevel.checkpoint()
+
+    async def run_batch() -> None:
+        async with metrics:
+            with pytest.raises(RuntimeError, match="consumer failed"):
+                await record_until_refused()
+
+    with pytest.raises(RuntimeError, match="consumer of batch 'broken' failed"):
+        await run_batch()
+    assert sink.closed
+
+
+def test_an_object_that_is_not_a_sink_is_refused_with_its_name() -> None:
+    with pytest.raises(TypeError, match=r"'nope' is not a sink"):
+        BatchMetrics("x", sinks=["nope"])  # type: ignore[list-item]
+
+
+@pytest.mark.asyncio
+async def test_jsonl_sink_append_mode_keeps_earlier_runs(tmp_path: Path) -> None:
+    log = tmp_path / "all.jsonl"
+    for run in range(2):
+        async with BatchMetrics(f"run{run}", sinks=[JsonlSink(log, append=True)]) as m:
+            await _record_mix(m, 10)
+    assert len(log.read_text(encoding="utf-8").splitlines()) == 20
