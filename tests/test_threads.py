@@ -1,0 +1,182 @@
+"""Recording from worker threads and sync code, and the @timed decorator."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+import pytest
+
+from batchmetrics import BatchMetrics
+
+
+@pytest.mark.asyncio
+async def test_eight_threads_of_ten_thousand_records_lose_nothing() -> None:
+    async with BatchMetrics("threads", buffer_size=1024) as m:
+
+        def work(k: int) -> None:
+            for i in range(10_000):
+                m.record_file_threadsafe(f"t{k}/{i}", duration=0.001, samples=1)
+
+        limiter = anyio.CapacityLimiter(8)
+
+        async def in_thread(k: int) -> None:
+            await anyio.to_thread.run_sync(work, k, limiter=limiter)
+
+        async with anyio.create_task_group() as tg:
+            for k in range(8):
+                tg.start_soon(in_thread, k)
+    summary = m.summary()
+    assert summary.total_files == 80_000
+    assert summary.total_samples == 80_000
+    names = {row["filename"] for row in m.get_file_metrics()}
+    assert len(names) == 80_000
+
+
+@pytest.mark.asyncio
+async def test_a_full_inbox_blocks_the_thread_not_the_loop() -> None:
+    ticks = 0
+    done = threading.Event()
+    async with BatchMetrics("pressure", buffer_size=4) as m:
+
+        def work() -> None:
+            for i in range(3_000):
+                m.record_file_threadsafe(f"f{i}", duration=0.001)
+            done.set()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await anyio.sleep(0.001)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await anyio.to_thread.run_sync(work)
+    assert m.summary().total_files == 3_000
+    assert ticks > 10  # the loop kept running while the thread waited for room
+
+
+@pytest.mark.asyncio
+async def test_a_plain_thread_pool_can_record_and_snapshot_sees_it() -> None:
+    async with BatchMetrics("pool") as m:
+        all_done = anyio.Event()
+        token = anyio.lowlevel.current_token()
+
+        def work(i: int) -> None:
+            m.record_file_threadsafe(f"f{i}", duration=0.01)
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(work, i) for i in range(200)]
+
+            def signal_when_all_returned() -> None:
+                for f in futures:
+                    f.result()
+                anyio.from_thread.run_sync(all_done.set, token=token)
+
+            pool.submit(signal_when_all_returned)
+            await all_done.wait()
+        summary = await m.snapshot()  # every thread call that returned is in it
+        assert summary.total_files == 200
+
+
+@pytest.mark.asyncio
+async def test_track_threadsafe_times_success_errors_and_skips() -> None:
+    async with BatchMetrics("tt") as m:
+
+        def work() -> None:
+            with m.track_threadsafe("ok.wfm") as item:
+                item.samples = 5
+                item.bytes_processed = 10
+            with pytest.raises(KeyError), m.track_threadsafe("bad.wfm"):
+                raise KeyError("missing")
+            with m.track_threadsafe(Path("dup.wfm")) as item:
+                item.skip("duplicate")
+
+        await anyio.to_thread.run_sync(work)
+    rows = {r["filename"]: r for r in m.get_file_metrics()}
+    assert rows["ok.wfm"]["status"] == "success"
+    assert rows["ok.wfm"]["samples"] == 5
+    assert rows["bad.wfm"]["error_type"] == "KeyError"
+    assert rows["bad.wfm"]["error_message"] == "'missing'"
+    assert rows["dup.wfm"]["status"] == "skipped"
+    assert m.summary().in_flight == 0
+
+
+@pytest.mark.asyncio
+async def test_bad_arguments_raise_in_the_calling_thread() -> None:
+    async with BatchMetrics("bad") as m:
+
+        def work() -> list[str]:
+            errors = []
+            for kwargs in ({"duration": -1.0}, {"duration": 0.1, "samples": 1.5},
+                           {"duration": 0.1, "status": "done"}):
+                try:
+                    m.record_file_threadsafe("f", **kwargs)
+                except (TypeError, ValueError) as exc:
+                    errors.append(str(exc))
+            try:
+                m.record_error_threadsafe("f", 3, "x")  # type: ignore[arg-type]
+            except TypeError as exc:
+                errors.append(str(exc))
+            return errors
+
+        errors = await anyio.to_thread.run_sync(work)
+        assert len(errors) == 4
+        assert "duration" in errors[0]
+        assert "samples" in errors[1]
+        assert "status" in errors[2]
+        assert "error_type" in errors[3]
+        assert (await m.snapshot()).total_files == 0
+
+
+@pytest.mark.asyncio
+async def test_threadsafe_recording_on_the_loop_thread_is_refused() -> None:
+    async with BatchMetrics("loop") as m:
+        with pytest.raises(RuntimeError, match="event loop's thread"):
+            m.record_file_threadsafe("f", duration=0.1)
+
+
+@pytest.mark.asyncio
+async def test_threads_recording_after_the_batch_finished_get_a_clear_error() -> None:
+    async with BatchMetrics("late") as m:
+        pass
+
+    def work() -> None:
+        m.record_skip_threadsafe("f", "late")
+
+    with pytest.raises(RuntimeError, match="cannot record into batch 'late': it has finished"):
+        await anyio.to_thread.run_sync(work)
+
+
+@pytest.mark.asyncio
+async def test_timed_decorator_records_each_call_like_track() -> None:
+    async with BatchMetrics("timed") as m:
+
+        @m.timed()
+        async def process(path: str) -> int:
+            await anyio.sleep(0.01)
+            if path.startswith("bad"):
+                raise ValueError(f"cannot parse {path}")
+            return 1234  # taken as the file's samples
+
+        assert await process("good.wfm") == 1234
+        with pytest.raises(ValueError, match="cannot parse"):
+            await process("bad.wfm")
+
+        @m.timed(filename=lambda job: job["name"])
+        async def process_job(job: dict[str, str]) -> None:
+            await anyio.lowlevel.checkpoint()
+
+        await process_job({"name": "job-7"})
+    rows = {r["filename"]: r for r in m.get_file_metrics()}
+    assert rows["good.wfm"]["samples"] == 1234
+    assert rows["good.wfm"]["duration_seconds"] >= 0.01
+    assert rows["bad.wfm"]["status"] == "error"
+    assert rows["bad.wfm"]["error_type"] == "ValueError"
+    assert rows["job-7"]["status"] == "success"
