@@ -207,7 +207,7 @@ class Aggregate:
                 self._note_error(etype, message)
             if not messages and etype not in self.error_messages:
                 self._note_error(etype, None)
-        for d, _, name, st in other.slowest:
+        for d, _, name, st in sorted(other.slowest):  # keep its order among equal durations
             self._slow_seq += 1
             item = (d, self._slow_seq, name, st)
             if len(self.slowest) < self.slowest_k:

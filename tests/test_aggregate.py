@@ -1,0 +1,170 @@
+"""The consumer's Aggregate: exact merges of split batches, and its JSON state."""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import pairwise
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchmetrics import Aggregate, merge_states
+from batchmetrics._events import ERROR, SKIPPED, SUCCESS, Event
+
+ERROR_TYPES = ("ValueError", "OSError", "KeyError")
+
+
+@st.composite
+def events_st(draw: st.DrawFn) -> Event:
+    status = draw(st.sampled_from([SUCCESS, SUCCESS, SUCCESS, ERROR, SKIPPED]))
+    duration = draw(st.one_of(st.just(0.0), st.floats(min_value=1e-6, max_value=1e3)))
+    etype = draw(st.sampled_from([*ERROR_TYPES, None])) if status == ERROR else None
+    message = draw(st.sampled_from(["bad header", "truncated", None]))
+    return (
+        f"f{draw(st.integers(0, 10**6))}.wfm",
+        1_800_000_000.0,
+        duration,
+        draw(st.integers(0, 10**6)),
+        draw(st.integers(0, 100)),
+        draw(st.integers(0, 10**9)),
+        status,
+        etype,
+        message if status != SUCCESS else None,
+        None,
+    )
+
+
+def _aggregate_of(events: list[Event]) -> Aggregate:
+    agg = Aggregate()
+    agg.add_batch(events)
+    return agg
+
+
+def _state_without_floats(agg: Aggregate) -> dict[str, Any]:
+    """The state minus the parts summed in floating point (compared with a tolerance)."""
+    state = agg.to_state()
+    del state["timing"], state["busy_seconds"], state["slowest"], state["error_messages"]
+    return state
+
+
+def _assert_same_aggregate(merged: Aggregate, whole: Aggregate) -> None:
+    assert _state_without_floats(merged) == _state_without_floats(whole)
+    assert merged.sketch == whole.sketch
+    assert merged.timing.count == whole.timing.count
+    assert merged.timing.min == whole.timing.min
+    assert merged.timing.max == whole.timing.max
+    assert math.isclose(merged.timing.mean, whole.timing.mean, rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(merged.timing.variance, whole.timing.variance, rel_tol=1e-9,
+                        abs_tol=1e-9)
+    assert math.isclose(merged.busy_seconds, whole.busy_seconds, rel_tol=1e-9, abs_tol=1e-9)
+    # the error messages kept are the first few per type; which ones depends on the order
+    assert set(merged.error_messages) == set(whole.error_messages)
+    # the slowest files: the same k longest durations (ties may name other files)
+    assert sorted(s[0] for s in merged.slowest) == sorted(s[0] for s in whole.slowest)
+
+
+@given(st.lists(events_st(), max_size=120), st.lists(st.integers(0, 120), max_size=4))
+def test_merge_of_split_batches_equals_one_aggregate(
+    events: list[Event], cuts: list[int]
+) -> None:
+    bounds = [0, *sorted(min(c, len(events)) for c in cuts), len(events)]
+    parts = [events[a:b] for a, b in pairwise(bounds)]
+    merged = Aggregate()
+    for part in parts:
+        merged.merge(_aggregate_of(part))
+    _assert_same_aggregate(merged, _aggregate_of(events))
+
+
+@given(st.lists(st.lists(events_st(), max_size=40), max_size=5))
+def test_adding_batch_by_batch_equals_adding_all_at_once(batches: list[list[Event]]) -> None:
+    incremental = Aggregate()
+    for batch in batches:
+        incremental.add_batch(batch)
+    _assert_same_aggregate(incremental, _aggregate_of([e for b in batches for e in b]))
+
+
+@given(st.lists(events_st(), max_size=60), st.lists(events_st(), max_size=60))
+def test_merge_states_equals_merging_aggregates(left: list[Event], right: list[Event]) -> None:
+    a, b = _aggregate_of(left), _aggregate_of(right)
+    a.start_ts, b.start_ts, a.end_ts, b.end_ts = 10.0, 5.0, 20.0, 30.0
+    from_states = merge_states([json.loads(json.dumps(a.to_state())), b.to_state()])
+    merged = a.copy().merge(b)
+    assert from_states == merged
+    assert (merged.start_ts, merged.end_ts) == (5.0, 30.0)  # earliest start, latest end
+
+
+def test_counts_and_totals_follow_the_reference_semantics() -> None:
+    events: list[Event] = [
+        ("a", 1e9, 0.5, 10, 1, 100, SUCCESS, None, None, None),
+        ("b", 1e9, 0.0, 20, 2, 200, SUCCESS, None, None, None),  # counted, not timed
+        ("c", 1e9, 0.2, 30, 3, 300, ERROR, "OSError", "disk", None),
+        ("d", 1e9, 0.1, 40, 4, 400, ERROR, None, "untyped", None),  # no type: not by_type
+        ("e", 1e9, 0.0, 0, 0, 0, SKIPPED, None, "dup", None),
+    ]
+    agg = _aggregate_of(events)
+    assert (agg.total_files, agg.processed_count, agg.error_count, agg.skip_count) == (
+        5, 2, 2, 1)
+    assert (agg.samples, agg.measurements, agg.total_bytes) == (30, 3, 300)  # successes only
+    assert agg.by_type == {"OSError": 1}
+    assert agg.timing.count == 1
+    assert agg.sketch.count == 1
+    assert agg.busy_seconds == pytest.approx(0.8)  # every file's duration
+
+
+@given(st.lists(events_st(), max_size=80))
+def test_state_round_trips_through_json(events: list[Event]) -> None:
+    agg = _aggregate_of(events)
+    agg.start_ts, agg.end_ts = 1_800_000_000.25, 1_800_000_100.5
+    back = Aggregate.from_state(json.loads(json.dumps(agg.to_state())))
+    assert back == agg
+    assert back.to_summary("b").to_dict() == agg.to_summary("b").to_dict()
+
+
+@pytest.mark.parametrize("version", [None, 0, 2, "1"])
+def test_from_state_rejects_an_unknown_version(version: object) -> None:
+    state = _aggregate_of([("a", 1e9, 0.5, 1, 1, 1, SUCCESS, None, None, None)]).to_state()
+    state["version"] = version
+    with pytest.raises(ValueError, match="version"):
+        Aggregate.from_state(state)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("total_files", -1),
+        ("processed_count", 1.5),
+        ("error_count", True),
+        ("skip_count", "3"),
+        ("samples", None),
+        ("bytes_processed", -10),
+    ],
+)
+def test_from_state_rejects_bad_counts(key: str, value: object) -> None:
+    state = _aggregate_of([("a", 1e9, 0.5, 1, 1, 1, SUCCESS, None, None, None)]).to_state()
+    state[key] = value
+    with pytest.raises(ValueError, match=key):
+        Aggregate.from_state(state)
+
+
+def test_from_state_rejects_missing_keys_and_inconsistent_sketches() -> None:
+    state = _aggregate_of([("a", 1e9, 0.5, 1, 1, 1, SUCCESS, None, None, None)]).to_state()
+    del state["timing"]
+    with pytest.raises(ValueError, match="timing"):
+        Aggregate.from_state(state)
+    state = _aggregate_of([("a", 1e9, 0.5, 1, 1, 1, SUCCESS, None, None, None)]).to_state()
+    state["sketch"]["count"] = 7
+    with pytest.raises(ValueError, match="count"):
+        Aggregate.from_state(state)
+    with pytest.raises(TypeError, match="dict"):
+        Aggregate.from_state([])  # type: ignore[arg-type]
+
+
+def test_slowest_files_are_the_k_longest_across_merges() -> None:
+    events: list[Event] = [(f"f{i}", 1e9, float(i), 0, 0, 0, SUCCESS, None, None, None)
+                           for i in range(1, 101)]
+    merged = _aggregate_of(events[:37]).merge(_aggregate_of(events[37:]))
+    names = [s.filename for s in merged.to_summary("b").slowest_files]
+    assert names == [f"f{i}" for i in range(100, 90, -1)]
