@@ -92,7 +92,9 @@ def file_row_json(ev: Event) -> str:
     """
     name, end, duration, samples, measurements, nbytes, status, etype, emsg, peak = ev
     start = end - duration
-    sps = samples / duration if duration > 0 else 0
+    sps = repr(samples / duration) if duration > 0 else "0"
+    if sps == "inf":  # a subnormal duration: spelled as json.dumps does, so it parses
+        sps = "Infinity"
     return (
         f'{{"filename": {_json_str(name)}, '
         f'"start_time": {_opt_str(iso_timestamp(start)) if start else "null"}, '
@@ -101,7 +103,7 @@ def file_row_json(ev: Event) -> str:
         f'"measurements": {measurements}, "status": "{STATUS_NAMES[status]}", '
         f'"error_type": {_opt_str(etype)}, "error_message": {_opt_str(emsg)}, '
         f'"memory_peak_bytes": {"null" if peak is None else peak}, '
-        f'"samples_per_second": {sps!r}, "bytes_processed": {nbytes}}}'
+        f'"samples_per_second": {sps}, "bytes_processed": {nbytes}}}'
     )
 
 
