@@ -47,9 +47,10 @@ class FileTable:
         self._names: list[str] = []
         self._ends = array("d")
         self._durations = array("d")
-        self._samples = array("q")
-        self._measurements = array("q")
-        self._bytes = array("q")
+        # int64 columns; one that meets a count above 2**63 - 1 becomes a list of ints
+        self._samples: array[int] | list[int] = array("q")
+        self._measurements: array[int] | list[int] = array("q")
+        self._bytes: array[int] | list[int] = array("q")
         self._statuses = bytearray()
         self._types: dict[int, str] = {}
         self._messages: dict[int, str] = {}
@@ -64,9 +65,21 @@ class FileTable:
         self._names.extend(map(_NAME, events))
         self._ends.extend(map(_END, events))
         self._durations.extend(map(_DURATION, events))
-        self._samples.extend(map(_SAMPLES, events))
-        self._measurements.extend(map(_MEASUREMENTS, events))
-        self._bytes.extend(map(_BYTES, events))
+        try:
+            self._samples.extend(map(_SAMPLES, events))
+        except OverflowError:
+            self._samples = _widened(self._samples, i0)
+            self._samples.extend(map(_SAMPLES, events))
+        try:
+            self._measurements.extend(map(_MEASUREMENTS, events))
+        except OverflowError:
+            self._measurements = _widened(self._measurements, i0)
+            self._measurements.extend(map(_MEASUREMENTS, events))
+        try:
+            self._bytes.extend(map(_BYTES, events))
+        except OverflowError:
+            self._bytes = _widened(self._bytes, i0)
+            self._bytes.extend(map(_BYTES, events))
         self._statuses.extend(map(_STATUS, events))
         n = len(events)
         # error fields and memory peaks are rare: stored sparsely, by row index
@@ -102,8 +115,18 @@ class FileTable:
         """Approximate bytes held, filenames included."""
         import sys
 
-        arrays = (self._ends, self._durations, self._samples, self._measurements, self._bytes)
-        total = sum(a.itemsize * len(a) for a in arrays) + len(self._statuses)
+        total = len(self._statuses)
+        for a in (self._ends, self._durations, self._samples, self._measurements, self._bytes):
+            if isinstance(a, array):
+                total += a.itemsize * len(a)
+            else:
+                total += sys.getsizeof(a) + sum(map(sys.getsizeof, a))
         total += sys.getsizeof(self._names) + sum(sys.getsizeof(n) for n in self._names)
         total += sum(sys.getsizeof(d) for d in (self._types, self._messages, self._peaks))
         return total
+
+
+def _widened(column: array[int] | list[int], length: int) -> list[int]:
+    """``column`` cut back to ``length`` rows (a failed extend may have added some), as a list."""
+    del column[length:]
+    return list(column)

@@ -1,0 +1,160 @@
+"""Every bad argument raises at the call, naming the field and the value, and records nothing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from batchmetrics import BatchMetrics
+
+
+class _Case:
+    def __init__(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 error: type[Exception], field: str, shown: str) -> None:
+        self.method, self.args, self.kwargs = method, args, kwargs
+        self.error, self.field, self.shown = error, field, shown
+
+
+def _file(error: type[Exception], field: str, value: Any, shown: str | None = None,
+          **kwargs: Any) -> Any:
+    """A ``record_file`` call with ``field=value`` (other fields valid)."""
+    call = {"duration": 0.5, **kwargs, field: value}
+    return pytest.param(_Case("record_file", ("a.wfm",), call, error, field,
+                              repr(value) if shown is None else shown),
+                        id=f"record_file-{field}={value!r}")
+
+
+BAD_CALLS = [
+    # duration
+    _file(ValueError, "duration", -0.001),
+    _file(ValueError, "duration", -1),
+    _file(ValueError, "duration", math.nan),
+    _file(ValueError, "duration", math.inf),
+    _file(ValueError, "duration", -math.inf),
+    _file(TypeError, "duration", "0.5"),
+    _file(TypeError, "duration", True),
+    _file(TypeError, "duration", False),
+    _file(TypeError, "duration", None),
+    _file(TypeError, "duration", b"1"),
+    # counts
+    *[
+        _file(error, field, value)
+        for field in ("samples", "measurements", "bytes_processed", "memory_peak")
+        for error, value in ((ValueError, -1), (TypeError, 1.5), (TypeError, 2.0),
+                             (TypeError, True), (TypeError, "3"))
+    ],
+    _file(TypeError, "samples", None),
+    # status
+    _file(ValueError, "status", "done"),
+    _file(ValueError, "status", ""),
+    _file(ValueError, "status", "Success"),
+    _file(ValueError, "status", "pending"),  # the reference's default, not a recordable status
+    _file(TypeError, "status", 1),
+    _file(TypeError, "status", None),
+    # error fields
+    _file(TypeError, "error_type", 3, status="error"),
+    _file(TypeError, "error_message", 5, status="error", error_type="OSError"),
+    # filename
+    pytest.param(_Case("record_file", ("",), {"duration": 0.5}, ValueError, "filename", "''"),
+                 id="record_file-filename=''"),
+    *[
+        pytest.param(_Case("record_file", (name,), {"duration": 0.5}, TypeError, "filename",
+                           repr(name)), id=f"record_file-filename={name!r}")
+        for name in (123, None, b"x", 1.5)
+    ],
+    # record_error
+    pytest.param(_Case("record_error", ("a.wfm", 5, "boom"), {}, TypeError, "error_type", "5"),
+                 id="record_error-error_type=5"),
+    pytest.param(_Case("record_error", ("a.wfm", None, "boom"), {}, TypeError, "error_type",
+                       "None"), id="record_error-error_type=None"),
+    pytest.param(_Case("record_error", ("a.wfm", "OSError", 5), {}, TypeError, "error_message",
+                       "5"), id="record_error-error_message=5"),
+    pytest.param(_Case("record_error", ("a.wfm", "OSError", "boom", -1.0), {}, ValueError,
+                       "duration", "-1.0"), id="record_error-duration=-1.0"),
+    pytest.param(_Case("record_error", ("", "OSError", "boom"), {}, ValueError, "filename",
+                       "''"), id="record_error-filename=''"),
+    pytest.param(_Case("record_error", (7, "OSError", "boom"), {}, TypeError, "filename",
+                       "7"), id="record_error-filename=7"),
+    # record_skip
+    pytest.param(_Case("record_skip", ("a.wfm",), {"reason": 5}, TypeError, "reason", "5"),
+                 id="record_skip-reason=5"),
+    pytest.param(_Case("record_skip", ("a.wfm",), {"reason": None}, TypeError, "reason",
+                       "None"), id="record_skip-reason=None"),
+    pytest.param(_Case("record_skip", (b"a.wfm",), {}, TypeError, "filename", "b'a.wfm'"),
+                 id="record_skip-filename=b'a.wfm'"),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", BAD_CALLS)
+async def test_bad_argument_raises_naming_field_and_value_and_records_nothing(
+    case: _Case,
+) -> None:
+    async with BatchMetrics(batch_id="validation") as m:
+        await m.record_file("good.wfm", duration=0.25, samples=1)
+        before = await m.snapshot()
+        with pytest.raises(case.error) as info:
+            await getattr(m, case.method)(*case.args, **case.kwargs)
+        message = str(info.value)
+        assert case.field in message
+        assert case.shown in message
+        after = await m.snapshot()
+        assert after.total_files == before.total_files == 1
+        assert [row["filename"] for row in m.get_file_metrics()] == ["good.wfm"]
+        # the batch still works after refusing a call
+        await m.record_file("good2.wfm", duration=0.25)
+    assert m.summary().total_files == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", [123, None, b"x", ""])
+async def test_track_refuses_a_bad_filename_at_the_call(name: Any) -> None:
+    async with BatchMetrics() as m:
+        with pytest.raises((TypeError, ValueError), match="filename"):
+            m.track(name)
+        assert (await m.snapshot()).total_files == 0
+
+
+@pytest.mark.asyncio
+async def test_pathlike_filenames_are_accepted_and_stored_as_str() -> None:
+    async with BatchMetrics() as m:
+        await m.record_file(Path("data") / "a.wfm", duration=0.5)
+        await m.record_error(PurePosixPath("data/b.wfm"), "OSError", "disk")
+        await m.record_skip(Path("data/c.wfm"), reason="dup")
+        async with m.track(Path("data/d.wfm")):
+            pass
+    names = [row["filename"] for row in m.get_file_metrics()]
+    assert names == [str(Path("data/a.wfm")), "data/b.wfm", str(Path("data/c.wfm")),
+                     str(Path("data/d.wfm"))]
+    assert all(type(name) is str for name in names)
+
+
+@pytest.mark.asyncio
+async def test_integer_durations_and_zero_counts_are_accepted() -> None:
+    async with BatchMetrics() as m:
+        await m.record_file("a.wfm", duration=2, samples=0, measurements=0, bytes_processed=0,
+                            memory_peak=0)
+    row = m.get_file_metrics()[0]
+    assert row["duration_seconds"] == 2.0
+    assert row["memory_peak_bytes"] == 0
+
+
+@pytest.mark.asyncio
+async def test_counts_beyond_int64_are_recorded_without_breaking_the_batch() -> None:
+    # used to crash the consumer: the per-file table kept counts in int64 arrays
+    big = 2**63
+    async with BatchMetrics() as m:
+        await m.record_file("a.wfm", duration=1.0, samples=1)
+        await m.record_file("huge.wfm", duration=1.0, samples=big, measurements=big + 1,
+                            bytes_processed=2**80)
+        await m.record_file("c.wfm", duration=1.0, samples=2)
+        snap = await m.snapshot()
+    assert snap.total_files == 3
+    assert m.summary().total_samples == big + 3
+    rows = m.get_file_metrics()
+    assert [r["samples"] for r in rows] == [1, big, 2]
+    assert rows[1]["bytes_processed"] == 2**80
+    assert rows[1]["measurements"] == big + 1
