@@ -1,0 +1,123 @@
+"""Sink benchmark: what a JSONL sink adds per event, and memory over a million files.
+
+    python bench/bench_sinks.py                 # N = 100,000 events, 5 rounds, then 1M files
+    python bench/bench_sinks.py --n 20000 --rounds 3 --million 200000
+
+Part 1 times, in one process and interleaved rounds (best round kept), the
+reference's ``record_file``, our ``keep_files=False`` batch without a sink, and
+the same batch with a ``JsonlSink``; it prints what the sink adds per event as
+a ratio of the reference's per-event time.
+
+Part 2 runs in a fresh child process: 1,000,000 files with ``keep_files=False``
+and a ``JsonlSink``, events made on the fly; it prints how much the process's
+peak RSS grew, then checks that the log has one valid JSON line per file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from batchmetrics import BatchMetrics, JsonlSink
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import make_events, reference_class, replay_ours  # noqa: E402
+from bench_record import best_of, time_reference  # noqa: E402
+
+
+def time_ours(events: list[tuple[int, str, float, int, int, int, str, str]],
+              log: Path | None) -> float:
+    async def main() -> float:
+        sinks = [JsonlSink(log)] if log is not None else []
+        t0 = time.perf_counter()
+        async with BatchMetrics("bench", keep_files=False, sinks=sinks) as m:
+            await replay_ours(m, events)
+        return time.perf_counter() - t0
+
+    return anyio.run(main)
+
+
+def million(n: int) -> None:
+    """Child process: ``n`` files, keep_files=False, a JSONL sink; print RSS growth."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "files.jsonl"
+
+        async def main() -> None:
+            async with BatchMetrics("million", keep_files=False, sinks=[JsonlSink(log)]) as m:
+                record_file, record_error = m.record_file, m.record_error
+                for i in range(n):
+                    name = f"shard-{i % 64:02d}/capture_{i:07d}.wfm"
+                    if i % 20 == 3:
+                        await record_error(name, "ValueError", "bad header", duration=0.01)
+                    else:
+                        await record_file(name, duration=0.001 + (i % 97) * 1e-4,
+                                          samples=i % 5000, bytes_processed=2 * (i % 5000))
+
+        gc.collect()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        anyio.run(main)
+        elapsed = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        lines = 0
+        with log.open(encoding="utf-8") as f:
+            for line in f:
+                json.loads(line)
+                lines += 1
+        size = log.stat().st_size
+    print(f"{n:,} files, keep_files=False, JSONL sink: {elapsed:.1f} s, "
+          f"peak RSS grew {(peak - before) / 1024:.1f} MB (target <= 20 MB); "
+          f"log: {lines:,} valid JSON lines of {n:,}, {size / 1e6:.0f} MB")
+    if lines != n:
+        raise SystemExit(f"the log has {lines} lines, expected {n}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--million", type=int, default=1_000_000,
+                        help="files in the memory run (0 to skip)")
+    parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        million(args.child)
+        return
+
+    ref_cls = reference_class()
+    events = make_events(args.n, seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "bench.jsonl"
+        cases: dict[str, Callable[[], float]] = {}
+        if ref_cls is not None:
+            cases["reference"] = lambda: time_reference(ref_cls, events)
+        cases["ours, no sink"] = lambda: time_ours(events, None)
+        cases["ours, JSONL sink"] = lambda: time_ours(events, log)
+        best = best_of(args.rounds, cases)
+    per = {k: v / args.n * 1e6 for k, v in best.items()}
+    print(f"N = {args.n:,} events, keep_files=False; best of {args.rounds} interleaved rounds")
+    for name, us in per.items():
+        print(f"  {name:<20} {us:7.3f} us/event")
+    added = per["ours, JSONL sink"] - per["ours, no sink"]
+    if "reference" in per:
+        print(f"JSONL sink adds {added:.3f} us/event = {added / per['reference']:.2f}x the "
+              "reference's record_file (target <= 0.3x)")
+    else:
+        print(f"JSONL sink adds {added:.3f} us/event (reference not found: no ratio)")
+    if args.million:
+        subprocess.run([sys.executable, __file__, "--child", str(args.million)], check=True)
+
+
+if __name__ == "__main__":
+    main()
