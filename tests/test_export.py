@@ -1,0 +1,221 @@
+"""JSON and CSV exports: their content, atomic replacement, and failures that leave no trace."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from batchmetrics import BatchMetrics, ExportError
+from batchmetrics._render import FILE_COLUMNS
+
+
+async def _mixed(m: BatchMetrics, n: int = 40, prefix: str = "") -> None:
+    for i in range(n):
+        name = f"{prefix}dir/file {i}, \"q\".wfm"
+        if i % 10 == 3:
+            await m.record_error(name, "OSError", f"read failed\nat {i}", duration=0.01)
+        elif i % 10 == 7:
+            await m.record_skip(name, reason="duplicate")
+        else:
+            await m.record_file(name, duration=0.001 * (i + 1), samples=100 * i,
+                                measurements=i % 4, bytes_processed=512 * i,
+                                memory_peak=(1 << 20) if i % 5 == 0 else None)
+
+
+def _temp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")
+                  and p.name.endswith(".tmp"))
+
+
+@pytest.mark.asyncio
+async def test_json_export_holds_summary_files_and_state(tmp_path: Path) -> None:
+    async with BatchMetrics(batch_id="export-json") as m:
+        await _mixed(m)
+    path = tmp_path / "metrics.json"
+    await m.export_json(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert set(data) == {"summary", "files", "state"}
+    assert data["summary"] == m.summary().to_dict()
+    assert data["files"] == m.get_file_metrics()
+    assert data["state"] == m.state_dict()
+    assert len(data["files"]) == data["summary"]["total_files"] == 40
+    assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_json_export_accepts_str_paths_and_replaces_the_previous_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "metrics.json"
+    path.write_text("old content", encoding="utf-8")
+    async with BatchMetrics() as m:
+        await _mixed(m, 5)
+    await m.export_json(str(path))
+    assert json.loads(path.read_text(encoding="utf-8"))["summary"]["total_files"] == 5
+
+
+@pytest.mark.asyncio
+async def test_csv_export_parses_with_one_row_per_file(tmp_path: Path) -> None:
+    async with BatchMetrics() as m:
+        await _mixed(m)
+    path = tmp_path / "metrics.csv"
+    await m.export_csv(path)
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        assert tuple(reader.fieldnames or ()) == FILE_COLUMNS
+    expected = m.get_file_metrics()
+    assert len(rows) == len(expected) == 40
+    for row, want in zip(rows, expected, strict=True):
+        # csv has no types: compare as DictWriter writes them (None as "")
+        assert row == {k: "" if v is None else str(v) for k, v in want.items()}
+    assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_csv_export_of_no_files_writes_the_header_only(tmp_path: Path) -> None:
+    async with BatchMetrics() as m:
+        pass
+    path = tmp_path / "empty.csv"
+    await m.export_csv(path)
+    with path.open(newline="", encoding="utf-8") as f:
+        assert list(csv.reader(f)) == [list(FILE_COLUMNS)]
+
+
+@pytest.mark.asyncio
+async def test_export_while_running_reflects_what_was_folded(tmp_path: Path) -> None:
+    path = tmp_path / "live.json"
+    async with BatchMetrics() as m:
+        await _mixed(m, 20)
+        await m.snapshot()
+        await m.export_json(path)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        assert data["summary"]["state"] == "running"
+        assert data["summary"]["total_files"] == len(data["files"]) == 20
+        await _mixed(m, 5, prefix="more/")
+    await m.export_json(path)
+    assert len(json.loads(path.read_text(encoding="utf-8"))["files"]) == 25
+
+
+@pytest.mark.asyncio
+async def test_keep_files_false_exports_json_without_rows_and_refuses_csv(
+    tmp_path: Path,
+) -> None:
+    async with BatchMetrics(keep_files=False) as m:
+        await _mixed(m)
+    path = tmp_path / "agg.json"
+    await m.export_json(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["files"] == []
+    assert data["state"] == m.state_dict()
+    assert data["summary"] == m.summary().to_dict()
+    with pytest.raises(RuntimeError, match="keep_files"):
+        await m.export_csv(tmp_path / "agg.csv")
+    assert not (tmp_path / "agg.csv").exists()
+    assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_readers_see_the_old_or_the_new_json_never_a_partial_one(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    stop = threading.Event()
+    seen: list[int] = []
+    problems: list[str] = []
+    exported: set[int] = set()
+
+    def reader() -> None:
+        while True:  # at least one read, then until the exports are done
+            text = path.read_text(encoding="utf-8")
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                problems.append(f"{len(text)} bytes: {exc}")
+            else:
+                if len(data["files"]) != data["summary"]["total_files"]:
+                    problems.append("files and summary disagree")
+                seen.append(len(data["files"]))
+            if stop.is_set():
+                return
+            time.sleep(0.02)  # let the exporting thread have the GIL now and then
+
+    async with BatchMetrics(buffer_size=4096) as m:
+        for i in range(20_000):
+            await m.record_file(f"batch/{i:05d}.wfm", duration=0.001 + i * 1e-8, samples=i)
+        await m.snapshot()
+        await m.export_json(path)
+        exported.add(20_000)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, reader)
+            for round_ in range(4):
+                for i in range(500):
+                    await m.record_file(f"more/{round_}/{i}.wfm", duration=0.002)
+                await m.snapshot()
+                exported.add(20_000 + 500 * (round_ + 1))
+                await m.export_json(path)
+            stop.set()
+    assert problems == []
+    assert seen
+    assert set(seen) <= exported
+    assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["json", "csv"])
+async def test_export_onto_a_directory_raises_export_error_and_leaves_it_intact(
+    tmp_path: Path, kind: str
+) -> None:
+    target = tmp_path / f"metrics.{kind}"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine", encoding="utf-8")
+    async with BatchMetrics() as m:
+        await _mixed(m, 5)
+    export: Any = m.export_json if kind == "json" else m.export_csv
+    with pytest.raises(ExportError) as info:
+        await export(target)
+    assert str(target) in str(info.value)
+    assert isinstance(info.value, OSError)
+    assert target.is_dir()
+    assert (target / "keep.txt").read_text(encoding="utf-8") == "mine"
+    assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["json", "csv"])
+async def test_export_into_a_missing_folder_raises_export_error(
+    tmp_path: Path, kind: str
+) -> None:
+    target = tmp_path / "no-such-folder" / f"metrics.{kind}"
+    async with BatchMetrics() as m:
+        await _mixed(m, 5)
+    export: Any = m.export_json if kind == "json" else m.export_csv
+    with pytest.raises(ExportError, match="no-such-folder"):
+        await export(target)
+    assert not target.parent.exists()
+    assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_export_failing_midway_leaves_the_previous_file_intact(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    async with BatchMetrics() as m:
+        await _mixed(m, 10)
+        await m.snapshot()
+        await m.export_csv(path)
+        previous = path.read_bytes()
+        # a name decoded with surrogateescape (undecodable bytes from the file system)
+        # cannot be written as UTF-8: the CSV export fails after it has started writing
+        await m.record_file(os.fsdecode(b"bad-\xff.wfm"), duration=0.1)
+    with pytest.raises(ExportError) as info:
+        await m.export_csv(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == previous
+    assert _temp_files(tmp_path) == []
