@@ -287,13 +287,6 @@ async def _cancel_producers_midway(*, whole_body: bool) -> tuple[BatchMetrics, _
     return m, producers
 
 
-_SEND_RACE = (
-    "bug in BatchMetrics._send_chunk: under backpressure it awaits anyio's "
-    "MemoryObjectSendStream.send(), which can raise the cancellation after the consumer's "
-    "receive_nowait() already took the chunk from the waiting senders (anyio issue #536): "
-    "the cut-off call raises yet its event is counted (e.g. 20,015 recorded for 20,011 "
-    "returned calls)"
-)
 
 
 @pytest.mark.asyncio
@@ -308,7 +301,6 @@ async def test_cancelled_producers_lose_no_returned_call(whole_body: bool) -> No
     assert summary.total_files == len(names)
 
 
-@pytest.mark.xfail(strict=True, reason=_SEND_RACE)
 @pytest.mark.asyncio
 @pytest.mark.parametrize("whole_body", [False, True], ids=["producers", "whole-body"])
 async def test_call_cancelled_while_waiting_for_room_records_nothing(whole_body: bool) -> None:

@@ -166,6 +166,7 @@ class BatchMetrics:
         # The open chunk: a list already on the stream that producers append to
         # until the consumer takes it (see record_file).
         self._chunk: list[Event] | None = None
+        self._room: anyio.Event | None = None  # set when the consumer drains; see _send_when_room
         self._recv: MemoryObjectReceiveStream[Any] | None = None
         self._tg: TaskGroup | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
@@ -344,6 +345,8 @@ class BatchMetrics:
             finally:
                 await self._close_sinks()
                 self._consumer_done.set()
+                if self._room is not None:  # producers waiting for room learn it has ended
+                    self._room.set()
                 for marker in self._markers:
                     marker.event.set()
 
@@ -376,6 +379,9 @@ class BatchMetrics:
                 except (WouldBlock, EndOfStream):
                     pass
                 self._chunk = None  # the open chunk is among the items: close it
+                if self._room is not None:  # wake producers waiting for room
+                    self._room.set()
+                    self._room = None
                 if self._markers:
                     await self._fold_with_markers(items)
                 else:
@@ -533,14 +539,41 @@ class BatchMetrics:
         try:
             send.send_nowait(chunk)
         except WouldBlock:
-            try:
-                await send.send(chunk)
-            except (BrokenResourceError, ClosedResourceError):
-                raise self._not_running() from None
+            await self._send_when_room(send, ev)
         except (BrokenResourceError, ClosedResourceError):
             raise self._not_running() from None
         else:
             self._chunk = chunk
+
+    async def _send_when_room(self, send: MemoryObjectSendStream[Any], ev: Event) -> None:
+        """Wait until the consumer has made room, then add ``ev`` without waiting again.
+
+        Not ``await send.send(...)``: a send cancelled just after the consumer took
+        its item raises yet has delivered it. Waiting for room, then appending to
+        the open chunk or sending a new one with ``send_nowait``, means a cancelled
+        call has recorded nothing.
+        """
+        while True:
+            room = self._room
+            if room is None:
+                room = self._room = anyio.Event()
+            await room.wait()
+            # The room event wakes every waiting producer at once: a cancellation that
+            # finds their wake-up already done must still be honoured here.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            chunk = self._chunk
+            if chunk is not None and len(chunk) < _CHUNK:
+                chunk.append(ev)  # another producer opened a chunk since: join it
+                return
+            chunk = [ev]
+            try:
+                send.send_nowait(chunk)
+            except WouldBlock:
+                continue  # other producers took the room first
+            except (BrokenResourceError, ClosedResourceError):
+                raise self._not_running() from None
+            self._chunk = chunk
+            return
 
     async def record_error(
         self, filename: str | os.PathLike[str], error_type: str, error_message: str,
@@ -731,7 +764,8 @@ class BatchMetrics:
     def _make_summary(self) -> BatchMetricsSummary:
         finished = self._state is BatchState.FINISHED
         now = self._clock()
-        recent = self._window.rates(now) if not finished else None
+        end = self._agg.end_ts
+        recent = self._window.rates(end if finished and end is not None else now)
         eta: tuple[float | None, float | None, float | None] = (None, None, None)
         if self.total_files is not None and not finished:
             start = self._agg.start_ts
