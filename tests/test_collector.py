@@ -287,8 +287,6 @@ async def _cancel_producers_midway(*, whole_body: bool) -> tuple[BatchMetrics, _
     return m, producers
 
 
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize("whole_body", [False, True], ids=["producers", "whole-body"])
 async def test_cancelled_producers_lose_no_returned_call(whole_body: bool) -> None:
