@@ -32,6 +32,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._aggregate import Aggregate
 from ._events import (
+    Columns,
     Event,
     FileRecord,
     check_count,
@@ -393,9 +394,10 @@ class BatchMetrics:
                     next_flush = anyio.current_time() + flush_every
 
     async def _fold(self, batch: list[Event]) -> None:
-        counts = self._agg.add_batch(batch)
+        columns = Columns(batch)
+        counts = self._agg.add_batch(batch, columns)
         if self._files is not None:
-            self._files.extend(batch)
+            self._files.extend(batch, columns)
         self._window.add_batch(batch, counts)
         if self._sinks:
             records: list[FileRecord] | None = None

@@ -12,26 +12,17 @@ from collections.abc import Iterator, Sequence
 from operator import itemgetter
 
 from ._events import (
-    F_BYTES,
-    F_DURATION,
     F_END,
     F_ERROR_MESSAGE,
     F_ERROR_TYPE,
-    F_MEASUREMENTS,
     F_MEMORY_PEAK,
     F_NAME,
-    F_SAMPLES,
-    F_STATUS,
+    Columns,
     Event,
 )
 
 _NAME = itemgetter(F_NAME)
 _END = itemgetter(F_END)
-_DURATION = itemgetter(F_DURATION)
-_SAMPLES = itemgetter(F_SAMPLES)
-_MEASUREMENTS = itemgetter(F_MEASUREMENTS)
-_BYTES = itemgetter(F_BYTES)
-_STATUS = itemgetter(F_STATUS)
 _ETYPE = itemgetter(F_ERROR_TYPE)
 _EMSG = itemgetter(F_ERROR_MESSAGE)
 _PEAK = itemgetter(F_MEMORY_PEAK)
@@ -59,28 +50,17 @@ class FileTable:
     def __len__(self) -> int:
         return len(self._names)
 
-    def extend(self, events: Sequence[Event]) -> None:
+    def extend(self, events: Sequence[Event], columns: Columns | None = None) -> None:
         """Append events (already checked); each column is filled at C speed."""
+        cols = Columns(events) if columns is None else columns
         i0 = len(self._names)
         self._names.extend(map(_NAME, events))
         self._ends.extend(map(_END, events))
-        self._durations.extend(map(_DURATION, events))
-        try:
-            self._samples.extend(map(_SAMPLES, events))
-        except OverflowError:
-            self._samples = _widened(self._samples, i0)
-            self._samples.extend(map(_SAMPLES, events))
-        try:
-            self._measurements.extend(map(_MEASUREMENTS, events))
-        except OverflowError:
-            self._measurements = _widened(self._measurements, i0)
-            self._measurements.extend(map(_MEASUREMENTS, events))
-        try:
-            self._bytes.extend(map(_BYTES, events))
-        except OverflowError:
-            self._bytes = _widened(self._bytes, i0)
-            self._bytes.extend(map(_BYTES, events))
-        self._statuses.extend(map(_STATUS, events))
+        self._durations.fromlist(cols.durations)
+        self._samples = _append_counts(self._samples, cols.samples)
+        self._measurements = _append_counts(self._measurements, cols.measurements)
+        self._bytes = _append_counts(self._bytes, cols.nbytes)
+        self._statuses += cols.statuses
         n = len(events)
         # error fields and memory peaks are rare: stored sparsely, by row index
         for column, getter in ((self._types, _ETYPE), (self._messages, _EMSG),
@@ -126,7 +106,16 @@ class FileTable:
         return total
 
 
-def _widened(column: array[int] | list[int], length: int) -> list[int]:
-    """``column`` cut back to ``length`` rows (a failed extend may have added some), as a list."""
-    del column[length:]
-    return list(column)
+def _append_counts(column: array[int] | list[int], values: list[int]) -> array[int] | list[int]:
+    """``column`` with ``values`` appended; an int64 array becomes a list of ints the first
+    time a value does not fit (``fromlist`` leaves the array unchanged when it fails)."""
+    if isinstance(column, list):
+        column += values
+        return column
+    try:
+        column.fromlist(values)
+    except OverflowError:
+        widened = list(column)
+        widened += values
+        return widened
+    return column
