@@ -17,6 +17,10 @@ from ._sinks import JsonlSink as JsonlSink
 from ._sinks import Sink as Sink
 from ._sketch import QuantileSketch as QuantileSketch
 from ._stats import RunningStats as RunningStats
+from ._store import History as History
+from ._store import HistoryError as HistoryError
+from ._store import Store as Store
+from ._store import StoredRun as StoredRun
 from ._summary import BatchMetricsSummary as BatchMetricsSummary
 from ._summary import ErrorBreakdown as ErrorBreakdown
 from ._summary import FileMetrics as FileMetrics
@@ -35,12 +39,16 @@ __all__ = [
     "ExportError",
     "FileMetrics",
     "FileRecord",
+    "History",
+    "HistoryError",
     "JsonlSink",
     "ProgressStats",
     "QuantileSketch",
     "RunningStats",
     "Sink",
     "SlowFile",
+    "Store",
+    "StoredRun",
     "ThroughputStats",
     "TimingStats",
     "Tracked",

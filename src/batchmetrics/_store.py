@@ -1,34 +1,686 @@
-"""The history of runs in SQLite (aiosqlite). Placeholder until the store lands."""
+"""The history of runs in one SQLite file: written with aiosqlite, read with sqlite3.
+
+``Store`` is what ``BatchMetrics(store=...)`` writes through: a run row at the
+start (status ``running``), its summary and mergeable state every interval, and
+the final summary with the outcome at the end. Optional per-file rows are kept
+in column chunks (see ``encode_chunk``). ``History`` is the synchronous read
+side the command line uses; it opens the file read-only.
+
+Several processes may write to one file at once: WAL journal, a busy timeout,
+and short transactions, each one write statement that takes the write lock
+as it starts (so none has to upgrade a read lock, which a busy wait cannot fix).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import json
+import math
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import socket
+import sqlite3
+import sys
+import time
+from array import array
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import accumulate, compress, pairwise, repeat
+from operator import attrgetter, is_not
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from ._events import Event
+import aiosqlite
+import anyio
+
+from ._events import STATUS_CODES, Event, FileRecord
 from ._summary import BatchMetricsSummary
 
 if TYPE_CHECKING:
     from ._collector import BatchMetrics
 
+#: The schema version this code writes; ``PRAGMA user_version`` holds the file's.
+SCHEMA_VERSION: Final = 1
+
+#: Migrations by the version they bring the file to; applied in order on open.
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            batch_id TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,            -- running, finished, failed, cancelled
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            interval REAL NOT NULL,          -- seconds between checkpoints
+            started_at REAL,                 -- the batch's start stamp (Unix seconds)
+            finished_at REAL,                -- the batch's end stamp
+            updated_at REAL NOT NULL,        -- wall clock of the last write: liveness
+            expected_files INTEGER,          -- BatchMetrics(total_files=...)
+            total_files INTEGER NOT NULL DEFAULT 0,
+            processed_count INTEGER NOT NULL DEFAULT 0,
+            error_count INTEGER NOT NULL DEFAULT 0,
+            skip_count INTEGER NOT NULL DEFAULT 0,
+            total_duration REAL NOT NULL DEFAULT 0,
+            files_per_second REAL NOT NULL DEFAULT 0,
+            store_files INTEGER NOT NULL DEFAULT 0,
+            files_stored INTEGER NOT NULL DEFAULT 0,
+            summary_json TEXT NOT NULL,      -- BatchMetricsSummary.to_dict()
+            state_json TEXT NOT NULL         -- Aggregate.to_state(): mergeable
+        )
+        """,
+        """
+        CREATE TABLE file_chunks (
+            run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,            -- 0, 1, 2, ... within the run
+            n INTEGER NOT NULL,              -- rows in the chunk
+            filename BLOB NOT NULL,          -- the names one after another, UTF-8
+            name_length BLOB NOT NULL,       -- int64 little-endian: each name's length in
+                                             -- code points (JSON list if too big; as below)
+            end_time BLOB NOT NULL,          -- float64 little-endian, n of them
+            duration BLOB NOT NULL,          -- float64 little-endian
+            samples BLOB NOT NULL,           -- int64 little-endian (JSON list if too big)
+            measurements BLOB NOT NULL,      -- int64 little-endian (JSON list if too big)
+            bytes_processed BLOB NOT NULL,   -- int64 little-endian (JSON list if too big)
+            status BLOB NOT NULL,            -- one byte a row: 0 success, 1 error, 2 skipped
+            error_type TEXT,                 -- JSON [[row, ...], [value, ...]] of the non-null
+            error_message TEXT,              -- the same; NULL when every row's is null
+            memory_peak TEXT,                -- the same
+            PRIMARY KEY (run_id, seq)
+        )
+        """,
+        """
+        CREATE TRIGGER file_chunks_count AFTER INSERT ON file_chunks BEGIN
+            UPDATE runs SET files_stored = files_stored + NEW.n WHERE id = NEW.run_id;
+        END
+        """,
+    ),
+}
+
+#: A running run is shown as interrupted once its last checkpoint is this many
+#: intervals old (and at least ``STALE_MIN_SECONDS``), or at once when it ran on
+#: this host and its process is gone.
+STALE_INTERVALS: Final = 10
+STALE_MIN_SECONDS: Final = 30.0
+
+_LITTLE = sys.byteorder == "little"
+_COMPACT = (",", ":")
+_T = TypeVar("_T")
+
+
+class HistoryError(Exception):
+    """The history file is missing, is not a batchmetrics history, or cannot be used."""
+
+
+# -- per-file rows in column chunks ----------------------------------------------------------
+
+
+def _pack(typecode: str, values: Sequence[Any]) -> bytes | list[Any]:
+    """Numbers as little-endian array bytes; a plain list when they do not fit the type."""
+    try:
+        arr = array(typecode, values)
+    except OverflowError:
+        return list(values)
+    if not _LITTLE:  # pragma: no cover - big-endian hosts
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def _unpack(typecode: str, data: bytes | str) -> list[Any]:
+    if isinstance(data, str):  # a JSON list: see _join
+        values: list[Any] = json.loads(data)
+        return values
+    arr = array(typecode)
+    arr.frombytes(data)
+    if not _LITTLE:  # pragma: no cover - big-endian hosts
+        arr.byteswap()
+    return arr.tolist()
+
+
+def _join(typecode: str, parts: list[bytes | list[Any]]) -> bytes | str:
+    """One column of a chunk: the parts' bytes, or a JSON list when a part did not fit."""
+    if all(isinstance(part, bytes) for part in parts):
+        return b"".join(parts)  # type: ignore[arg-type]  # all bytes, just checked
+    values: list[Any] = []
+    for part in parts:
+        values += _unpack(typecode, part) if isinstance(part, bytes) else part
+    return json.dumps(values, separators=_COMPACT)
+
+
+def _unsparse(data: str | None, n: int) -> list[Any]:
+    values: list[Any] = [None] * n
+    if data is not None:
+        rows, present = json.loads(data)
+        for i, value in zip(rows, present, strict=True):
+            values[i] = value
+    return values
+
+
+class ChunkBuilder:
+    """Per-file rows gathered as compact columns, until they are written as one chunk.
+
+    A chunk is one ``file_chunks`` row holding many files, each column packed:
+    names as one UTF-8 string plus their lengths, numbers as little-endian
+    int64/float64 arrays, statuses one byte each, and the rarely set fields
+    (error type and message, memory peak) as JSON of the rows that have them.
+    Events are packed as they arrive (while their memory is still warm) and then
+    dropped, so a waiting row costs about 80 bytes. Writing files this way
+    costs well under a microsecond each; an ``INSERT`` per file cost 3-6 µs on
+    the machine this was built on.
+    """
+
+    __slots__ = ("_bytes", "_durations", "_ends", "_extras", "_lengths", "_measurements",
+                 "_names", "_samples", "_statuses", "n")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._names: list[bytes] = []
+        self._lengths: list[bytes | list[Any]] = []
+        self._ends: list[bytes | list[Any]] = []
+        self._durations: list[bytes | list[Any]] = []
+        self._samples: list[bytes | list[Any]] = []
+        self._measurements: list[bytes | list[Any]] = []
+        self._bytes: list[bytes | list[Any]] = []
+        self._statuses: list[bytes] = []
+        # error type, error message, memory peak: ([row, ...], [value, ...]) of the non-null
+        self._extras: tuple[tuple[list[int], list[Any]], ...] = (([], []), ([], []), ([], []))
+
+    def add(self, events: Sequence[Event]) -> None:
+        """Pack ``events`` onto the columns."""
+        n = len(events)
+        if not n:
+            return
+        # One transposing pass (zip) is cheaper than one itemgetter pass per column;
+        # the order is the event layout of _events (F_NAME ... F_MEMORY_PEAK).
+        names, ends, durations, samples, measurements, nbytes, statuses, *extras = zip(
+            *events, strict=True)
+        self._names.append("".join(names).encode("utf-8", "surrogatepass"))
+        self._lengths.append(_pack("q", list(map(len, names))))
+        self._ends.append(_pack("d", ends))
+        self._durations.append(_pack("d", durations))
+        self._samples.append(_pack("q", samples))
+        self._measurements.append(_pack("q", measurements))
+        self._bytes.append(_pack("q", nbytes))
+        self._statuses.append(bytes(statuses))
+        offset = self.n
+        for column, (rows, values) in zip(extras, self._extras, strict=True):
+            if column.count(None) != n:
+                present = list(compress(range(n), map(is_not, column, repeat(None))))
+                rows += [offset + i for i in present]
+                values += [column[i] for i in present]
+        self.n += n
+
+    def columns(self) -> tuple[Any, ...]:
+        """The values of a ``file_chunks`` row after ``run_id, seq`` (see ``_CHUNK_COLUMNS``)."""
+        return (
+            self.n,
+            b"".join(self._names),
+            _join("q", self._lengths),
+            _join("d", self._ends),
+            _join("d", self._durations),
+            _join("q", self._samples),
+            _join("q", self._measurements),
+            _join("q", self._bytes),
+            b"".join(self._statuses),
+            *(json.dumps([rows, values], separators=_COMPACT) if rows else None
+              for rows, values in self._extras),
+        )
+
+
+def encode_chunk(events: Sequence[Event]) -> tuple[Any, ...]:
+    """The ``file_chunks`` column values of ``events`` (after ``run_id, seq``)."""
+    builder = ChunkBuilder()
+    builder.add(events)
+    return builder.columns()
+
+
+def decode_chunk(row: Sequence[Any]) -> list[FileRecord]:
+    """The records of one chunk, from its column values (as ``encode_chunk`` returns them)."""
+    (n, names, lengths, ends, durations, samples, measurements, nbytes, status, etypes,
+     emsgs, peaks) = row
+    text = names.decode("utf-8", "surrogatepass")
+    offsets = list(accumulate(_unpack("q", lengths), initial=0))
+    columns = (
+        [text[a:b] for a, b in pairwise(offsets)],
+        _unpack("d", ends),
+        _unpack("d", durations),
+        _unpack("q", samples),
+        _unpack("q", measurements),
+        _unpack("q", nbytes),
+        list(status),
+        _unsparse(etypes, n),
+        _unsparse(emsgs, n),
+        _unsparse(peaks, n),
+    )
+    if any(len(c) != n for c in columns) or offsets[-1] != len(text):
+        raise HistoryError(f"a chunk of file rows is damaged: expected {n} rows in every column")
+    return list(map(FileRecord._make, zip(*columns, strict=True)))
+
+
+_CHUNK_COLUMNS = ("n, filename, name_length, end_time, duration, samples, measurements, "
+                  "bytes_processed, status, error_type, error_message, memory_peak")
+_INSERT_CHUNK = (f"INSERT INTO file_chunks (run_id, seq, {_CHUNK_COLUMNS}) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc))
+
+
+class _Run:
+    """What the store keeps for one batch it is recording."""
+
+    __slots__ = ("batch_id", "conn", "lock", "pending", "run_id", "seq", "unwritten")
+
+    def __init__(self, batch_id: str, conn: aiosqlite.Connection, run_id: int) -> None:
+        self.batch_id = batch_id
+        self.conn = conn
+        self.run_id = run_id
+        self.lock = anyio.Lock()
+        self.pending = ChunkBuilder()
+        self.unwritten: list[tuple[Any, ...]] = []  # chunks whose transaction failed
+        self.seq = 0
+
 
 class Store:
-    """A SQLite file holding batch runs."""
+    """A SQLite file holding the history of batch runs; pass it (or its path) as ``store=``.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    The file and its tables are created on first use; older files are migrated.
+    Each batch recorded gets its own connection, opened when the batch starts and
+    closed when it ends, so one ``Store`` can serve several batches at once. A
+    ``batch_id`` that is already in the file is refused with ``ValueError``.
+    Needs the asyncio backend (aiosqlite).
+
+    Args:
+        path: the SQLite file.
+        busy_timeout: seconds a write waits for another process's write to end.
+        flush_rows: per-file rows (``store_files=True``) are written in chunks of
+            about this many, and at every checkpoint; at most that many wait in memory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0,
+                 flush_rows: int = 8192) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float) \
+                or not busy_timeout > 0 or not math.isfinite(busy_timeout):
+            raise ValueError(f"busy_timeout must be a number of seconds > 0, got {busy_timeout!r}")
+        if isinstance(flush_rows, bool) or not isinstance(flush_rows, int) or flush_rows < 1:
+            raise ValueError(f"flush_rows must be an int >= 1, got {flush_rows!r}")
         self.path = os.fspath(path)
+        self.busy_timeout = float(busy_timeout)
+        self.flush_rows = flush_rows
+        self._runs: dict[int, _Run] = {}
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r})"
+
+    # -- the hooks BatchMetrics calls ------------------------------------------------------
 
     async def begin(self, metrics: BatchMetrics) -> None:
-        raise NotImplementedError
+        """Open the file (creating or migrating it) and record the run as running."""
+        if id(metrics) in self._runs:
+            raise RuntimeError(f"batch {metrics.batch_id!r} is already being recorded")
+        conn = await self._connect()
+        try:
+            summary = metrics.summary().to_dict()
+            summary["state"] = "running"
+            state = metrics.state_dict()
+            now = time.time()
+            try:
+                cursor = await self._retry_locked(
+                    conn.execute,
+                    "INSERT INTO runs (batch_id, status, host, pid, interval, started_at, "
+                    "updated_at, expected_files, store_files, summary_json, state_json) "
+                    "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (metrics.batch_id, socket.gethostname(), os.getpid(), metrics._interval,
+                     state["start_ts"], now, metrics.total_files, int(metrics._store_files),
+                     json.dumps(summary), json.dumps(state, separators=_COMPACT)))
+            except sqlite3.IntegrityError:
+                raise ValueError(
+                    f"batch {metrics.batch_id!r} is already in the history {self.path!r}: "
+                    "give this run another batch_id") from None
+            run_id = cursor.lastrowid
+            await cursor.close()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            raise
+        assert run_id is not None
+        self._runs[id(metrics)] = _Run(metrics.batch_id, conn, run_id)
 
     async def checkpoint(self, metrics: BatchMetrics, summary: BatchMetricsSummary) -> None:
-        raise NotImplementedError
+        """Write the current summary and state (and any waiting per-file rows)."""
+        run = self._runs.get(id(metrics))
+        if run is None:
+            return
+        async with run.lock:
+            if self._runs.get(id(metrics)) is not run:  # finished while we waited
+                return
+            await self._write(run, summary.to_dict(), metrics.state_dict(), None)
 
     async def write_files(self, metrics: BatchMetrics, events: Sequence[Event]) -> None:
-        raise NotImplementedError
+        """Queue per-file rows; write a chunk once ``flush_rows`` are waiting.
+
+        Called from the consumer task: while a chunk is written the consumer
+        waits, and so, once the buffer is full, do the producers (backpressure).
+        """
+        run = self._runs.get(id(metrics))
+        if run is None:
+            raise RuntimeError(f"batch {metrics.batch_id!r} is not being recorded by {self!r}")
+        run.pending.add(events)
+        if run.pending.n >= self.flush_rows:
+            async with run.lock:
+                if run.pending.n >= self.flush_rows:
+                    await self._write(run, None, None, None)
 
     async def finish(
         self, metrics: BatchMetrics, summary: BatchMetricsSummary, outcome: str
     ) -> None:
-        raise NotImplementedError
+        """Write the remaining per-file rows, the final summary and the outcome; close."""
+        run = self._runs.get(id(metrics))
+        if run is None:
+            raise RuntimeError(f"batch {metrics.batch_id!r} is not being recorded by {self!r}")
+        try:
+            async with run.lock:
+                await self._write(run, summary.to_dict(), metrics.state_dict(), outcome)
+        finally:
+            del self._runs[id(metrics)]
+            with anyio.CancelScope(shield=True):
+                await run.conn.close()
+
+    # -- the writes ------------------------------------------------------------------------
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # Autocommit: every write is one statement, so one transaction and one hop to
+        # aiosqlite's thread (each hop can wait for the GIL while producers run).
+        conn = await aiosqlite.connect(self.path, isolation_level=None,
+                                       timeout=self.busy_timeout)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            # Large pages: chunks of file rows are big blobs, written with 5x less work
+            # than on 4 KiB pages. Takes effect only when the file is created.
+            await conn.execute("PRAGMA page_size = 65536")
+            for attempt in range(5):  # switching to WAL can see a lock its busy wait skips
+                try:
+                    await conn.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not _is_locked(exc) or attempt == 4:
+                        raise
+                    await anyio.sleep(0.05 * (attempt + 1))
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and _is_locked(exc):
+                raise
+            raise HistoryError(f"cannot use {self.path!r} as a batchmetrics history: {exc}") \
+                from exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            raise
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        version = await _user_version(conn)
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise HistoryError(f"{self.path!r} has history schema {version}, newer than this "
+                               f"batchmetrics knows ({SCHEMA_VERSION}): upgrade batchmetrics")
+        await self._retry_locked(conn.execute, "BEGIN IMMEDIATE")
+        try:
+            version = await _user_version(conn)  # another process may have migrated meanwhile
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version = {target}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await _rollback(conn)
+            raise
+
+    async def _retry_locked(self, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        """Call ``fn``, a statement that starts a transaction by taking the write lock.
+
+        SQLite waits up to the busy timeout for the lock; a few cases skip that
+        wait, so "database is locked" is retried a few times with a short pause.
+        """
+        for attempt in range(3):
+            try:
+                return await fn(*args)
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc) or attempt == 2:
+                    raise
+            await anyio.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _write(self, run: _Run, summary: dict[str, Any] | None,
+                     state: dict[str, Any] | None, outcome: str | None) -> None:
+        """Write the waiting per-file rows as a chunk, then the run's row. Hold ``run.lock``.
+
+        Each is one autocommit statement (a write transaction of its own): a
+        chunk and its count in ``runs.files_stored`` (by trigger) are written
+        together or not at all. A chunk that failed stays queued for the next write.
+        """
+        if run.pending.n:
+            run.unwritten.append((run.run_id, run.seq, *run.pending.columns()))
+            run.seq += 1
+            run.pending = ChunkBuilder()
+        conn = run.conn
+        while run.unwritten:
+            await self._retry_locked(conn.execute, _INSERT_CHUNK, run.unwritten[0])
+            del run.unwritten[0]
+        if summary is not None and state is not None:
+            timing, throughput = summary["timing"], summary["throughput"]
+            await self._retry_locked(
+                conn.execute,
+                "UPDATE runs SET status = ?, updated_at = ?, started_at = ?, "
+                "finished_at = ?, total_files = ?, processed_count = ?, error_count = ?, "
+                "skip_count = ?, total_duration = ?, files_per_second = ?, "
+                "summary_json = ?, state_json = ? WHERE id = ?",
+                (outcome or "running", time.time(), state["start_ts"], state["end_ts"],
+                 summary["total_files"], summary["processed_count"], summary["error_count"],
+                 summary["skip_count"], timing["total_duration_seconds"],
+                 throughput["files_per_second"], json.dumps(summary),
+                 json.dumps(state, separators=_COMPACT), run.run_id))
+
+
+async def _user_version(conn: aiosqlite.Connection) -> int:
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    # no transaction open, or the connection is gone: then there is nothing to undo
+    with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error, ValueError):
+        await conn.execute("ROLLBACK")
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (``True`` when unsure)."""
+    if sys.platform == "win32":  # pragma: no cover - os.kill(pid, 0) would end it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def derive_status(status: str, host: str, pid: int, interval: float, updated_at: float,
+                  now: float, this_host: str) -> str:
+    """The status to show: a ``running`` run whose process is gone is ``interrupted``.
+
+    Gone means: it ran on this host and its process no longer exists, or its
+    last checkpoint is older than ``STALE_INTERVALS`` intervals (and at least
+    ``STALE_MIN_SECONDS``). The stored status is never changed by readers.
+    """
+    if status != "running":
+        return status
+    if host == this_host and not pid_alive(pid):
+        return "interrupted"
+    if now - updated_at > max(STALE_INTERVALS * interval, STALE_MIN_SECONDS):
+        return "interrupted"
+    return "running"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """One run in the history, as last written.
+
+    ``status`` is what to show (``running``, ``finished``, ``failed``,
+    ``cancelled`` or ``interrupted``); ``stored_status`` is the column as
+    written. ``summary`` is ``BatchMetricsSummary.to_dict()`` of the last write
+    (the final summary once the run has ended) and ``state`` the mergeable
+    aggregate state (``Aggregate.from_state``).
+    """
+
+    batch_id: str
+    status: str
+    stored_status: str
+    host: str
+    pid: int
+    interval: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    expected_files: int | None
+    store_files: bool
+    files_stored: int
+    summary: dict[str, Any]
+    state: dict[str, Any]
+
+
+_RUN_COLUMNS = ("batch_id, status, host, pid, interval, started_at, finished_at, updated_at, "
+                "expected_files, store_files, files_stored, summary_json, state_json")
+
+
+class History:
+    """Read the history file (synchronously, read-only); for the CLI and scripts.
+
+    Raises ``HistoryError`` with a one-line reason when the file is missing, is
+    not a SQLite database, holds no batchmetrics history, or was written by a
+    newer batchmetrics. Use as a context manager, or call ``close()``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        p = Path(self.path)
+        if not p.exists():
+            raise HistoryError(f"no history database at {self.path}")
+        if p.is_dir():
+            raise HistoryError(f"{self.path} is a directory, not a history database")
+        try:
+            self._conn = sqlite3.connect(p.absolute().as_uri() + "?mode=ro", uri=True,
+                                         timeout=30.0)
+        except sqlite3.Error as exc:
+            raise HistoryError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            has_runs = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise HistoryError(f"{self.path} is not a batchmetrics history database: {exc}") \
+                from exc
+        if version > SCHEMA_VERSION:
+            self._conn.close()
+            raise HistoryError(f"{self.path} has history schema {version}, newer than this "
+                               f"batchmetrics knows ({SCHEMA_VERSION}): upgrade batchmetrics")
+        if version < 1 or not has_runs:
+            self._conn.close()
+            raise HistoryError(f"{self.path} is a SQLite file but holds no batchmetrics history")
+        self._host = socket.gethostname()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise HistoryError(f"cannot read {self.path}: {exc}") from exc
+
+    def _run(self, row: Sequence[Any], now: float) -> StoredRun:
+        (batch_id, status, host, pid, interval, started, finished, updated, expected,
+         store_files, files_stored, summary_json, state_json) = row
+        try:
+            summary, state = json.loads(summary_json), json.loads(state_json)
+        except ValueError as exc:
+            raise HistoryError(f"run {batch_id!r} in {self.path} is damaged: {exc}") from exc
+        return StoredRun(
+            batch_id=batch_id,
+            status=derive_status(status, host, pid, interval, updated, now, self._host),
+            stored_status=status, host=host, pid=pid, interval=interval,
+            started_at=started, finished_at=finished, updated_at=updated,
+            expected_files=expected, store_files=bool(store_files),
+            files_stored=files_stored, summary=summary, state=state)
+
+    def runs(self, limit: int | None = 20) -> list[StoredRun]:
+        """The most recently started runs first."""
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id DESC"
+        rows = self._query(sql + " LIMIT ?", (limit,)) if limit is not None else self._query(sql)
+        now = time.time()
+        return [self._run(row, now) for row in rows]
+
+    def get(self, batch_id: str) -> StoredRun | None:
+        """The run with this batch id, or ``None``."""
+        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE batch_id = ?", (batch_id,))
+        return self._run(rows[0], time.time()) if rows else None
+
+    def batch_ids(self) -> list[str]:
+        """Every batch id, the most recent first."""
+        return [row[0] for row in self._query("SELECT batch_id FROM runs ORDER BY id DESC")]
+
+    def files(self, batch_id: str, *, status: str | None = None) -> Iterator[FileRecord]:
+        """The stored per-file rows of a run, in the order they were aggregated."""
+        code = None
+        if status is not None:
+            if status not in STATUS_CODES:
+                raise ValueError(f"status must be one of {', '.join(STATUS_CODES)}; "
+                                 f"got {status!r}")
+            code = STATUS_CODES[status]
+        ids = self._query("SELECT id FROM runs WHERE batch_id = ?", (batch_id,))
+        if not ids:
+            return
+        seq = -1
+        while True:  # one chunk at a time: memory stays bounded for any run size
+            rows = self._query(
+                f"SELECT seq, {_CHUNK_COLUMNS} FROM file_chunks WHERE run_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT 1", (ids[0][0], seq))
+            if not rows:
+                return
+            seq = rows[0][0]
+            records = decode_chunk(rows[0][1:])
+            if code is None:
+                yield from records
+            else:
+                yield from (r for r in records if r.status_code == code)
+
+    def slowest(self, batch_id: str, n: int, *, status: str | None = None) -> list[FileRecord]:
+        """The ``n`` longest files of a run (longest first)."""
+        return heapq.nlargest(n, self.files(batch_id, status=status), key=_BY_DURATION)
+
+
+_BY_DURATION = attrgetter("duration")
