@@ -1,0 +1,7 @@
+"""``python -m batchmetrics``: the command line (see ``batchmetrics --help``)."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

@@ -1,0 +1,695 @@
+"""The ``batchmetrics`` command line: read the history of runs, compare, merge, demo.
+
+Reads the SQLite history with the stdlib ``sqlite3`` (read-only), not aiosqlite:
+a command is short, synchronous work with nothing to overlap, so an event loop
+and a database thread would only add start-up time. Only ``demo`` runs async code.
+
+Exit codes: 0 done; 1 a regression (``compare --fail-on-regression``) or a
+watched run that did not finish well; 2 bad input (unknown batch, missing or
+damaged file); 130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from ._aggregate import Aggregate, merge_states
+from ._events import STATUS_NAMES, FileRecord
+from ._render import json_text
+from ._store import History, HistoryError, StoredRun
+from ._summary import BatchMetricsSummary
+
+DEFAULT_DB = "batchmetrics.db"
+ENV_DB = "BATCHMETRICS_DB"
+
+
+class CliError(Exception):
+    """A problem to tell the user in one line, with the exit code to leave with."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def fmt_seconds(s: float) -> str:
+    """A duration for people: ``850 µs``, ``12.3 ms``, ``4.56 s``, ``3m 05s``, ``2h 03m``."""
+    if s <= 0:
+        return "0 s"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    if s < 60:
+        return f"{s:.2f} s"
+    if s < 3600:
+        return f"{int(s // 60)}m {int(s % 60):02d}s"
+    return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes in SI units: ``512 B``, ``1.5 MB``."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.1f}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def fmt_time(ts: float | None) -> str:
+    """A Unix time as local ``YYYY-MM-DD HH:MM:SS``; ``-`` when unknown."""
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def fmt_change(change: float | None) -> str:
+    if change is None:
+        return "n/a"
+    if math.isinf(change):
+        return "+inf%" if change > 0 else "-inf%"
+    return f"{change:+.1f}%"
+
+
+def _use_rich(out: TextIO) -> bool:
+    """Tables through ``rich`` only on a terminal (and when installed): pipes get plain text."""
+    if not out.isatty():
+        return False
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
+                right: Iterable[int] = (), out: TextIO | None = None) -> None:
+    """Aligned columns; ``right`` are the indexes of right-aligned (numeric) columns."""
+    out = out or sys.stdout
+    rows = [list(r) for r in rows]
+    right = set(right)
+    if _use_rich(out):
+        from rich import box
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for i, h in enumerate(headers):
+            table.add_column(h, justify="right" if i in right else "left")
+        for row in rows:
+            table.add_row(*row)
+        Console(file=out, highlight=False).print(table)
+        return
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    print(line(headers), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in rows:
+        print(line(row), file=out)
+
+
+def print_pairs(title: str, pairs: Sequence[tuple[str, str]], out: TextIO | None = None) -> None:
+    """A section: its title, then ``key  value`` lines indented under it."""
+    out = out or sys.stdout
+    print(title, file=out)
+    width = max([11, *(len(k) for k, _ in pairs)])  # the same column in every section
+    for key, value in pairs:
+        print(f"  {key.ljust(width)}  {value}", file=out)
+
+
+# -- the history --------------------------------------------------------------------------------
+
+
+def db_path(args: argparse.Namespace) -> str:
+    """``--db``, else ``$BATCHMETRICS_DB``, else ``./batchmetrics.db``."""
+    path: str | None = getattr(args, "db", None)
+    return path or os.environ.get(ENV_DB) or DEFAULT_DB
+
+
+def open_history(args: argparse.Namespace) -> History:
+    path = db_path(args)
+    try:
+        return History(path)
+    except HistoryError as exc:
+        hint = ""
+        if not os.path.exists(path):
+            hint = f" (choose one with --db or ${ENV_DB}; `batchmetrics demo` creates one)"
+        raise CliError(f"{exc}{hint}") from None
+
+
+def get_run(history: History, batch_id: str) -> StoredRun:
+    """The run, or exit 2 naming the closest batch ids."""
+    run = history.get(batch_id)
+    if run is not None:
+        return run
+    ids = history.batch_ids()
+    if not ids:
+        raise CliError(f"no batch {batch_id!r} in {history.path}: the history is empty")
+    close = difflib.get_close_matches(batch_id, ids, n=3, cutoff=0.5)
+    if close:
+        hint = "did you mean " + ", ".join(repr(i) for i in close) + "?"
+    else:
+        hint = "the most recent are " + ", ".join(repr(i) for i in ids[:3])
+    raise CliError(f"no batch {batch_id!r} in {history.path}; {hint}")
+
+
+def run_summary(run: StoredRun) -> BatchMetricsSummary:
+    """The run's summary with unrounded numbers, rebuilt from its mergeable state."""
+    try:
+        agg = Aggregate.from_state(run.state)
+    except ValueError as exc:
+        raise CliError(f"batch {run.batch_id!r} has a state this batchmetrics cannot read: "
+                       f"{exc}") from None
+    now = run.updated_at if run.stored_status == "running" else None
+    return agg.to_summary(run.batch_id, now=now, state=run.status)
+
+
+# -- stats ----------------------------------------------------------------------------------------
+
+
+def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
+    """A run's last stored summary, readable.
+
+    Numbers come from the stored mergeable state (unrounded: the summary's JSON
+    rounds per-file times to the millisecond); progress from the stored summary.
+    """
+    out = out or sys.stdout
+    s = run_summary(run)
+    t = s.timing
+    total = s.total_files
+    status = run.status
+    if run.status == "running":
+        status += f" (last checkpoint {fmt_time(run.updated_at)})"
+    elif run.status == "interrupted":
+        status += (f" (its process stopped writing at {fmt_time(run.updated_at)}; "
+                   "counts are from that checkpoint)")
+    head: list[tuple[str, str]] = [
+        ("status", status),
+        ("started", fmt_time(run.started_at)),
+        ("ended", fmt_time(run.finished_at)),
+        ("wall time", fmt_seconds(t.total_duration)),
+        ("host", f"{run.host} (pid {run.pid})"),
+    ]
+    progress = run.summary.get("progress")
+    if progress and run.status == "running":
+        head.append(("progress", f"{fmt_int(progress['completed'])} of "
+                                 f"{fmt_int(progress['total_files'])} ({progress['percent']}%)"))
+    print_pairs(f"Batch {run.batch_id}", head, out)
+
+    def share(n: int) -> str:
+        return f"{fmt_int(n)}  ({100 * n / total:.2f}%)" if total else fmt_int(n)
+
+    print_pairs("Files", [
+        ("total", fmt_int(total)),
+        ("succeeded", share(s.processed_count)),
+        ("errors", share(s.error_count)),
+        ("skipped", share(s.skip_count)),
+    ], out)
+    print_pairs("Time per successful file", [
+        ("mean", fmt_seconds(t.average_per_file)),
+        ("median", fmt_seconds(t.median_per_file)),
+        ("p90", fmt_seconds(t.p90_per_file)),
+        ("p95", fmt_seconds(t.p95_per_file)),
+        ("p99", fmt_seconds(t.p99_per_file)),
+        ("min", fmt_seconds(t.min_per_file)),
+        ("max", fmt_seconds(t.max_per_file)),
+        ("stddev", fmt_seconds(t.stddev_per_file)),
+    ], out)
+    print_pairs("Throughput", [
+        ("files/s", fmt_rate(s.throughput.files_per_second)),
+        ("samples/s", fmt_rate(s.throughput.samples_per_second)),
+        ("bytes/s", fmt_bytes(s.throughput.bytes_per_second) + "/s"),
+        ("parallelism", f"{t.parallelism:.1f} files at once"),
+    ], out)
+    if s.errors.by_type:
+        messages = s.errors.messages
+        print_pairs("Errors by type", [
+            (etype, fmt_int(count) + (f"  e.g. {messages[etype][0]}"
+                                      if messages.get(etype) else ""))
+            for etype, count in sorted(s.errors.by_type.items(), key=lambda kv: -kv[1])
+        ], out)
+    if s.slowest_files:
+        print_pairs("Slowest files", [
+            (f.filename, f"{fmt_seconds(f.duration)}  {f.status}") for f in s.slowest_files[:5]
+        ], out)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with open_history(args) as history:
+        run = get_run(history, args.batch_id)
+    if args.json:
+        print(json.dumps(run.summary, indent=2))
+    else:
+        render_stats(run)
+    return 0
+
+
+# -- list -----------------------------------------------------------------------------------------
+
+
+def _list_row(run: StoredRun) -> dict[str, Any]:
+    s = run.summary
+    return {
+        "batch_id": run.batch_id,
+        "status": run.status,
+        "started_at": run.started_at,
+        "total_files": s["total_files"],
+        "error_rate_percent": s["errors"]["rate_percent"],
+        "duration_seconds": s["timing"]["total_duration_seconds"],
+        "files_per_second": s["throughput"]["files_per_second"],
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with open_history(args) as history:
+        runs = history.runs(limit=None if args.status else args.limit)
+    if args.status:
+        runs = [r for r in runs if r.status == args.status][: args.limit]
+    rows = [_list_row(r) for r in runs]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no runs" + (f" with status {args.status}" if args.status else ""),
+              file=sys.stderr)
+        return 0
+    print_table(
+        ["BATCH", "STATUS", "STARTED", "FILES", "ERRORS", "DURATION", "FILES/S"],
+        [[r["batch_id"], r["status"], fmt_time(r["started_at"]), fmt_int(r["total_files"]),
+          f"{r['error_rate_percent']:.2f}%", fmt_seconds(r["duration_seconds"]),
+          fmt_rate(r["files_per_second"])] for r in rows],
+        right=(3, 4, 5, 6))
+    return 0
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    with open_history(args) as history:
+        run = get_run(history, args.batch_id)
+        if not run.store_files:
+            print(f"batch {run.batch_id!r} stored no per-file rows (record it with "
+                  "BatchMetrics(..., store=..., store_files=True))", file=sys.stderr)
+            return 0
+        records: Iterable[FileRecord]
+        if args.slowest is not None:
+            records = history.slowest(run.batch_id, args.slowest, status=args.status)
+        else:
+            records = history.files(run.batch_id, status=args.status)
+        if args.limit is not None:
+            records = list(_take(records, args.limit))
+        if args.json:
+            from ._render import file_row_json
+
+            for r in records:
+                print(file_row_json(tuple(r)))  # type: ignore[arg-type]  # same layout
+            return 0
+        print_table(
+            ["FILE", "STATUS", "DURATION", "SAMPLES", "BYTES", "ERROR"],
+            ([r.filename, STATUS_NAMES[r.status_code], fmt_seconds(r.duration),
+              fmt_int(r.samples), fmt_int(r.bytes_processed),
+              ": ".join(x for x in (r.error_type, r.error_message) if x)] for r in records),
+            right=(2, 3, 4))
+    return 0
+
+
+def _take(records: Iterable[FileRecord], n: int) -> Iterable[FileRecord]:
+    for i, r in enumerate(records):
+        if i >= n:
+            return
+        yield r
+
+
+# -- compare --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One compared quantity: how to read it, show it, and which way is worse."""
+
+    name: str
+    get: Callable[[BatchMetricsSummary], float]
+    show: Callable[[float], str]
+    higher_is_better: bool
+    gated: bool = True  # counts for --fail-on-regression
+
+
+MEASURES = (
+    Measure("files/s", lambda s: s.throughput.files_per_second, fmt_rate, True),
+    Measure("p50 per file", lambda s: s.timing.median_per_file, fmt_seconds, False),
+    Measure("p90 per file", lambda s: s.timing.p90_per_file, fmt_seconds, False),
+    Measure("p99 per file", lambda s: s.timing.p99_per_file, fmt_seconds, False),
+    Measure("error rate", lambda s: s.errors.rate * 100, lambda x: f"{x:.2f}%", False),
+    Measure("files", lambda s: s.total_files, lambda x: fmt_int(int(x)), True, gated=False),
+    Measure("mean per file", lambda s: s.timing.average_per_file, fmt_seconds, False,
+            gated=False),
+    Measure("bytes/s", lambda s: s.throughput.bytes_per_second,
+            lambda x: fmt_bytes(x) + "/s", True, gated=False),
+    Measure("wall time", lambda s: s.timing.total_duration, fmt_seconds, False, gated=False),
+)
+
+
+def percent_change(a: float, b: float) -> float | None:
+    """``(b - a) / a`` in percent; ``inf`` from zero to something, ``None`` from zero to zero."""
+    if a == 0:
+        return None if b == 0 else math.copysign(math.inf, b)
+    return (b - a) / abs(a) * 100
+
+
+def worse_by(m: Measure, change: float | None) -> float:
+    """How much worse ``b`` is than ``a`` in percent (negative: better)."""
+    if change is None:
+        return 0.0
+    return -change if m.higher_is_better else change
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    with open_history(args) as history:
+        run_a, run_b = get_run(history, args.a), get_run(history, args.b)
+    a, b = run_summary(run_a), run_summary(run_b)
+    rows, report, regressions = [], [], []
+    for m in MEASURES:
+        va, vb = m.get(a), m.get(b)
+        change = percent_change(va, vb)
+        worse = worse_by(m, change)
+        flag = ""
+        if m.gated and args.fail_on_regression is not None and worse > args.fail_on_regression:
+            flag = "REGRESSION"
+            regressions.append(f"{m.name} {fmt_change(change)}")
+        rows.append([m.name, m.show(va), m.show(vb), fmt_change(change), flag])
+        report.append({"measure": m.name, "a": va, "b": vb, "change_percent": change,
+                       "worse_percent": worse, "gated": m.gated, "regression": bool(flag)})
+    if args.json:
+        print(json.dumps({"a": run_a.batch_id, "b": run_b.batch_id, "measures": report,
+                          "fail_on_regression": args.fail_on_regression,
+                          "regressions": regressions}, indent=2))
+    else:
+        print_table(["", run_a.batch_id, run_b.batch_id, "CHANGE", ""], rows, right=(1, 2, 3))
+        for run in (run_a, run_b):
+            if run.status != "finished":
+                print(f"note: {run.batch_id} is {run.status}", file=sys.stderr)
+    if regressions:
+        print(f"regression beyond {args.fail_on_regression:g}%: {'; '.join(regressions)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- watch ----------------------------------------------------------------------------------------
+
+
+def watch_line(run: StoredRun) -> str:
+    """One line about a run: status, files (of total), rates, errors, ETA."""
+    s = run.summary
+    t = s["throughput"]
+    progress = s.get("progress")
+    files = fmt_int(s["total_files"])
+    eta = ""
+    if progress:
+        files += f"/{fmt_int(progress['total_files'])}"
+        if run.status == "running" and progress.get("eta_seconds") is not None:
+            eta = f" | ETA {fmt_seconds(progress['eta_seconds'])}"
+    wall = fmt_seconds(s["timing"]["total_duration_seconds"])
+    if progress:
+        files += f" files ({progress['percent']:.1f}%)"
+    else:
+        files += " files"
+    return (f"{run.batch_id}: {run.status} | {files} | "
+            f"{fmt_rate(t.get('recent_files_per_second', 0.0))} files/s now, "
+            f"{fmt_rate(t['files_per_second'])} overall | {fmt_int(s['error_count'])} errors, "
+            f"{fmt_int(s['skip_count'])} skipped | {wall}{eta}")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    tty = out.isatty()
+    with open_history(args) as history:
+        run = get_run(history, args.batch_id)
+        interval = args.interval or min(max(run.interval, 0.1), 5.0)
+        while True:
+            line = watch_line(run)
+            if tty:
+                out.write("\r\x1b[K" + line)
+            else:
+                out.write(line + "\n")
+            out.flush()
+            if run.status != "running":
+                break
+            time.sleep(interval)
+            fresh = history.get(args.batch_id)
+            if fresh is None:
+                raise CliError(f"batch {args.batch_id!r} disappeared from {history.path}")
+            run = fresh
+    if tty:
+        out.write("\n")
+    print(file=out)
+    render_stats(run, out)
+    return 0 if run.status == "finished" else 1
+
+
+# -- merge ----------------------------------------------------------------------------------------
+
+
+def _read_state(path: str) -> tuple[str, dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CliError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("state"), dict):
+        raise CliError(f"{path} has no \"state\": merge takes files written by export_json "
+                       "(or by merge)")
+    summary = data.get("summary")
+    batch_id = summary.get("batch_id", path) if isinstance(summary, dict) else path
+    return str(batch_id), data["state"]
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Replace ``path`` with ``text``: a temp file beside it, fsync, ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    states = [_read_state(p) for p in args.inputs]
+    try:
+        agg = merge_states(state for _, state in states)
+    except ValueError as exc:
+        raise CliError(f"cannot merge: {exc}") from None
+    batch_id = args.batch_id or "+".join(bid for bid, _ in states)
+    text = json_text({"summary": agg.to_summary(batch_id).to_dict(), "state": agg.to_state()})
+    if args.output in (None, "-"):
+        sys.stdout.write(text + "\n")
+        return 0
+    try:
+        write_atomic(args.output, text + "\n")
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    print(f"merged {len(states)} states ({fmt_int(agg.total_files)} files) into {args.output}",
+          file=sys.stderr)
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import anyio
+
+    from ._demo import run_demo
+
+    path = db_path(args)
+    batch_id = args.batch_id or time.strftime("demo-%Y%m%d-%H%M%S")
+    if os.path.exists(path):  # refuse a taken batch id before making any files
+        with open_history(args) as history:
+            if history.get(batch_id) is not None:
+                raise CliError(f"batch {batch_id!r} is already in {path}: choose another "
+                               "--batch-id")
+    try:
+        anyio.run(lambda: run_demo(path, files=args.files, workers=args.workers,
+                                   batch_id=batch_id, latency=args.latency,
+                                   display=not args.no_display))
+    except* (HistoryError, ValueError) as group:  # the store refused the file or the id
+        raise CliError(str(group.exceptions[0])) from None
+    print()
+    with open_history(args) as history:
+        render_stats(get_run(history, batch_id))
+    cmd = "batchmetrics" + (f" --db {path}" if path != DEFAULT_DB else "")
+    print(f"\nStored in {path}. Try:")
+    for rest in ("list", f"files {batch_id} --status error", f"stats {batch_id} --json",
+                 "demo   (again, then: compare <one> <other>)"):
+        print(f"  {cmd} {rest}")
+    return 0
+
+
+# -- the parser -----------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    db_help = (f"the history file (default: ${ENV_DB}, else ./{DEFAULT_DB})")
+    parser = argparse.ArgumentParser(
+        prog="batchmetrics",
+        description="Look at the history of batch runs recorded by batchmetrics "
+                    "(BatchMetrics(..., store=path)).",
+        epilog="Start with `batchmetrics demo`, then `batchmetrics list`.")
+    parser.add_argument("--db", help=db_help)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("stats", parents=[common], help="the summary of one run",
+                       description="The summary of one run: a readable table, or the stored "
+                                   "summary as JSON.")
+    p.add_argument("batch_id")
+    p.add_argument("--json", action="store_true",
+                   help="print the stored summary (BatchMetricsSummary.to_dict()) as JSON")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("list", parents=[common], help="recent runs",
+                       description="Recent runs, newest first: status, files, error rate, "
+                                   "duration, files/s. A run whose process died shows as "
+                                   "interrupted.")
+    p.add_argument("-n", "--limit", type=_positive_int, default=20, help="how many (default 20)")
+    p.add_argument("--status", choices=["running", "finished", "failed", "cancelled",
+                                        "interrupted"], help="only runs with this status")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("files", parents=[common], help="the stored per-file rows of a run",
+                       description="The per-file rows of a run recorded with "
+                                   "store_files=True, in the order they were recorded.")
+    p.add_argument("batch_id")
+    p.add_argument("--status", choices=list(STATUS_NAMES), help="only files with this status")
+    p.add_argument("--slowest", type=_positive_int, metavar="N",
+                   help="the N longest files, longest first")
+    p.add_argument("-n", "--limit", type=_positive_int, help="at most this many rows")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.set_defaults(func=cmd_files)
+
+    p = sub.add_parser("compare", parents=[common], help="two runs side by side",
+                       description="Two runs side by side with the change from A to B of "
+                                   "files/s, p50/p90/p99 per file and error rate.")
+    p.add_argument("a", help="the baseline batch id")
+    p.add_argument("b", help="the batch id to compare with it")
+    p.add_argument("--fail-on-regression", type=_non_negative_float, metavar="PCT",
+                   help="exit 1 when B is worse than A by more than PCT percent in files/s, "
+                        "p50, p90, p99 or error rate (errors appearing where A had none "
+                        "count as infinitely worse)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("watch", parents=[common], help="follow a running batch",
+                       description="Follow a run from another terminal: a live line every "
+                                   "interval until the run ends, then its summary. Exits 0 "
+                                   "when it finished, 1 when it failed, was cancelled or was "
+                                   "interrupted.")
+    p.add_argument("batch_id")
+    p.add_argument("--interval", type=_non_negative_float,
+                   help="seconds between polls (default: the run's checkpoint interval)")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("merge", help="combine exported states into one",
+                       description="Combine the \"state\" of JSON files written by "
+                                   "export_json (one per process or machine) into one "
+                                   "summary and state, as if one batch had seen every file.")
+    p.add_argument("inputs", nargs="+", metavar="FILE.json")
+    p.add_argument("-o", "--output", metavar="OUT.json",
+                   help="write here (atomically); default: standard output")
+    p.add_argument("--batch-id", help="the merged batch id (default: the inputs' ids joined "
+                                      "with +)")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("demo", parents=[common], help="run a sample batch and store it",
+                       description="Create sample files in a temporary folder, process them "
+                                   "with async workers (real file I/O, some corrupt files and "
+                                   "duplicates), show live progress, store the run in the "
+                                   "history and print its summary.")
+    p.add_argument("--files", type=_positive_int, default=2000,
+                   help="how many sample files (default 2000)")
+    p.add_argument("--workers", type=_positive_int, default=16,
+                   help="concurrent workers (default 16)")
+    p.add_argument("--latency", type=_non_negative_float, default=0.02,
+                   help="simulated storage latency per file in seconds (default 0.02)")
+    p.add_argument("--batch-id", help="default: demo-<date>-<time>")
+    p.add_argument("--no-display", action="store_true", help="no live progress display")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"batchmetrics: {exc}", file=sys.stderr)
+        return exc.code
+    except HistoryError as exc:
+        print(f"batchmetrics: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `batchmetrics files x | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return code

@@ -1,0 +1,420 @@
+"""The ``batchmetrics`` console script, run in subprocesses on real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from batchmetrics import BatchMetrics, History
+
+SCRIPT = Path(sys.executable).parent / "batchmetrics"
+COMMANDS = ["stats", "list", "files", "compare", "watch", "merge", "demo"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "BATCHMETRICS_DB"}
+    env.update(extra)
+    return env
+
+
+def cli(*args: str | Path, db: Path | None = None, cwd: Path | None = None,
+        env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script; ``--db`` first when ``db`` is given."""
+    cmd = [str(SCRIPT), *(["--db", str(db)] if db is not None else []), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=env if env is not None else clean_env(), check=False)
+
+
+async def record_run(m: BatchMetrics, n: int, *, slow: float = 1.0, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    for i in range(n):
+        duration = rng.lognormvariate(-4.0, 0.5) * slow
+        if i % 10 == 3:
+            await m.record_error(f"f{i:04d}.wfm", "ValueError" if i % 20 == 3 else "OSError",
+                                 f"bad {i}", duration=duration)
+        elif i % 25 == 7:
+            await m.record_skip(f"f{i:04d}.wfm", reason="duplicate")
+        else:
+            await m.record_file(f"f{i:04d}.wfm", duration=duration, samples=1000 + i,
+                                measurements=i % 4, bytes_processed=4096)
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """A history with three runs; returns its path and each run's final summary dict."""
+    db = tmp_path_factory.mktemp("cli") / "history.db"
+    summaries: dict[str, dict[str, Any]] = {}
+
+    async def build() -> None:
+        async with BatchMetrics("nightly-001", store=db, store_files=True, total_files=200) as m:
+            await record_run(m, 200)
+        summaries["nightly-001"] = m.summary().to_dict()
+        async with BatchMetrics("nightly-002", store=db, store_files=True) as m:
+            await record_run(m, 200, slow=1.5, seed=1)
+        summaries["nightly-002"] = m.summary().to_dict()
+        try:
+            async with BatchMetrics("adhoc-failed", store=db) as m:
+                await record_run(m, 20)
+                raise RuntimeError("the job broke")
+        except RuntimeError:
+            summaries["adhoc-failed"] = m.summary().to_dict()
+
+    anyio.run(build)
+    return db, summaries
+
+
+# -- help and entry points --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_every_command_has_help(command: str) -> None:
+    result = cli(*([command] if command else []), "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: batchmetrics")
+
+
+def test_python_dash_m_runs_the_same_command_line(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    result = subprocess.run([sys.executable, "-m", "batchmetrics", "--db", str(db), "list"],
+                            capture_output=True, text=True, env=clean_env(), check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == cli("list", db=db).stdout
+
+
+# -- stats ----------------------------------------------------------------------------------------
+
+
+def test_stats_json_equals_the_library_summary(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, summaries = history
+    for batch_id, summary in summaries.items():
+        result = cli("stats", batch_id, "--json", db=db)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == summary
+
+
+def test_stats_prints_a_readable_summary(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, summaries = history
+    result = cli("stats", "nightly-001", db=db)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    s = summaries["nightly-001"]
+    assert out.startswith("Batch nightly-001\n")
+    assert "status       finished" in out
+    assert f"total        {s['total_files']}" in out
+    assert f"errors       {s['error_count']}  ({s['errors']['rate_percent']:.2f}%)" in out
+    for label in ("median", "p90", "p99", "files/s", "ValueError", "OSError", "Slowest files"):
+        assert label in out
+
+
+def test_stats_of_a_failed_run_says_failed(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    result = cli("stats", "adhoc-failed", db=db)
+    assert result.returncode == 0, result.stderr
+    assert "status       failed" in result.stdout
+
+
+# -- list -----------------------------------------------------------------------------------------
+
+
+def test_list_shows_recent_runs_newest_first(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, summaries = history
+    result = cli("list", db=db)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["BATCH", "STATUS", "STARTED", "FILES", "ERRORS", "DURATION",
+                                "FILES/S"]
+    rows = [line.split() for line in lines[2:]]
+    assert [r[0] for r in rows] == ["adhoc-failed", "nightly-002", "nightly-001"]
+    assert [r[1] for r in rows] == ["failed", "finished", "finished"]
+    first = summaries["nightly-001"]
+    assert rows[2][4] == str(first["total_files"])
+    assert rows[2][5] == f"{first['errors']['rate_percent']:.2f}%"
+
+
+def test_list_filters_limits_and_prints_json(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, summaries = history
+    failed = cli("list", "--status", "failed", db=db)
+    assert [line.split()[0] for line in failed.stdout.splitlines()[2:]] == ["adhoc-failed"]
+    one = cli("list", "-n", "1", "--json", db=db)
+    assert one.returncode == 0, one.stderr
+    (row,) = json.loads(one.stdout)
+    s = summaries["adhoc-failed"]
+    assert row["batch_id"] == "adhoc-failed"
+    assert row["status"] == "failed"
+    assert row["total_files"] == s["total_files"]
+    assert row["files_per_second"] == s["throughput"]["files_per_second"]
+
+
+def test_db_option_is_accepted_after_the_command_too(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    assert cli("list", "--db", db).stdout == cli("list", db=db).stdout
+
+
+def test_the_db_comes_from_the_environment_else_the_current_folder(
+        history: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path) -> None:
+    db, _ = history
+    from_env = cli("list", env=clean_env(BATCHMETRICS_DB=str(db)), cwd=tmp_path)
+    assert from_env.returncode == 0, from_env.stderr
+    assert "nightly-001" in from_env.stdout
+    default = cli("list", cwd=tmp_path)
+    assert default.returncode == 2
+    assert "batchmetrics.db" in default.stderr
+    (tmp_path / "batchmetrics.db").write_bytes(db.read_bytes())
+    here = cli("list", cwd=tmp_path)
+    assert here.returncode == 0, here.stderr
+    assert "nightly-001" in here.stdout
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+def test_files_lists_a_runs_errors(history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, summaries = history
+    result = cli("files", "nightly-001", "--status", "error", db=db)
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()[2:]
+    assert len(rows) == summaries["nightly-001"]["error_count"]
+    assert rows[0].split()[:2] == ["f0003.wfm", "error"]
+    assert rows[0].endswith("ValueError: bad 3")
+
+
+def test_files_ranks_the_slowest_and_prints_json_lines(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    result = cli("files", "nightly-002", "--slowest", "3", "--json", db=db)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3
+    with History(db) as h:
+        every = sorted(h.files("nightly-002"), key=lambda r: r.duration, reverse=True)
+    assert [r["filename"] for r in rows] == [r.filename for r in every[:3]]
+    limited = cli("files", "nightly-002", "-n", "5", db=db)
+    assert len(limited.stdout.splitlines()) == 2 + 5
+
+
+def test_files_of_a_run_without_stored_rows_says_so(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    result = cli("files", "adhoc-failed", db=db)
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert "store_files=True" in result.stderr
+
+
+# -- compare --------------------------------------------------------------------------------------
+
+
+def test_compare_shows_the_change_of_each_measure(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    result = cli("compare", "nightly-001", "nightly-002", db=db)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split("  ")[0]: line for line in result.stdout.splitlines()[2:]}
+    for measure in ("files/s", "p50 per file", "p90 per file", "p99 per file", "error rate"):
+        assert measure in lines
+    assert "%" in lines["p90 per file"]
+    assert "REGRESSION" not in result.stdout  # no threshold given
+
+
+def test_compare_fails_on_a_regression_beyond_the_threshold(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    # nightly-002's files take 1.5x as long: p50/p90/p99 are ~50% worse
+    worse = cli("compare", "nightly-001", "nightly-002", "--fail-on-regression", "10", db=db)
+    assert worse.returncode == 1
+    assert "REGRESSION" in worse.stdout
+    assert "regression beyond 10%" in worse.stderr
+    assert "p50 per file" in worse.stderr
+    better = cli("compare", "nightly-002", "nightly-001", "--fail-on-regression", "10", db=db)
+    assert "p50 per file" not in better.stderr
+    same = cli("compare", "nightly-001", "nightly-001", "--fail-on-regression", "0", db=db)
+    assert same.returncode == 0, same.stderr
+
+
+def test_compare_json_reports_every_measure(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, summaries = history
+    result = cli("compare", "nightly-001", "nightly-002", "--json", db=db)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    measures = {m["measure"]: m for m in report["measures"]}
+    p50 = measures["p50 per file"]
+    assert p50["change_percent"] == pytest.approx((p50["b"] - p50["a"]) / p50["a"] * 100)
+    assert p50["change_percent"] == pytest.approx(50, abs=15)
+    assert measures["files"]["a"] == summaries["nightly-001"]["total_files"]
+
+
+# -- watch ----------------------------------------------------------------------------------------
+
+
+def test_watch_of_an_ended_run_prints_it_once_and_exits_with_its_outcome(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    done = cli("watch", "nightly-001", db=db)
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("nightly-001: finished | 200/200 files (100.0%)")
+    assert "Batch nightly-001" in done.stdout
+    failed = cli("watch", "adhoc-failed", db=db)
+    assert failed.returncode == 1
+    assert failed.stdout.startswith("adhoc-failed: failed")
+
+
+RUNNING_CHILD = """
+import sys, anyio
+from batchmetrics import BatchMetrics
+
+async def main(db: str) -> None:
+    async with BatchMetrics("live-run", store=db, interval=0.1, total_files=300) as m:
+        print("started", flush=True)
+        for i in range(300):
+            await m.record_file(f"f{i}", duration=0.004)
+            await anyio.sleep(0.004)
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+def test_watch_follows_a_running_batch_until_it_ends(tmp_path: Path) -> None:
+    db = tmp_path / "live.db"
+    with subprocess.Popen([sys.executable, "-c", RUNNING_CHILD, str(db)],
+                          stdout=subprocess.PIPE, text=True, env=clean_env()) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "started\n"
+            result = cli("watch", "live-run", "--interval", "0.1", db=db, timeout=60)
+            assert child.wait(timeout=60) == 0
+        finally:
+            child.kill()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    running = [line for line in lines if line.startswith("live-run: running")]
+    assert len(running) >= 2
+    assert any(line.startswith("live-run: finished | 300/300 files") for line in lines)
+    assert "Batch live-run" in result.stdout
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+
+def test_demo_processes_sample_files_and_stores_the_run(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    result = cli("demo", "--files", "120", "--workers", "4", "--latency", "0.001",
+                 "--batch-id", "demo-test", db=db, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Batch demo-test" in result.stdout
+    assert f"batchmetrics --db {db} list" in result.stdout
+    with History(db) as h:
+        run = h.get("demo-test")
+        assert run is not None
+        rows = list(h.files("demo-test"))
+    assert run.status == "finished"
+    s = run.summary
+    assert s["total_files"] == len(rows) == run.files_stored > 120  # plus duplicates
+    assert s["error_count"] > 0
+    assert s["skip_count"] > 0
+    assert s["processed_count"] > 100
+    assert s["totals"]["bytes_processed"] > 0
+    again = cli("demo", "--files", "5", "--batch-id", "demo-test", "--no-display", db=db)
+    assert again.returncode == 2
+    assert "already in" in again.stderr
+
+
+# -- errors for people ---------------------------------------------------------------------------
+
+
+def test_an_unknown_batch_id_exits_2_naming_the_closest(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    for command in (["stats"], ["files"], ["watch"], ["compare", "nightly-001"]):
+        result = cli(*command, "nightly-01", db=db)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.startswith("batchmetrics: no batch 'nightly-01'")
+        assert "did you mean 'nightly-001', 'nightly-002'?" in result.stderr
+    far = cli("stats", "zzz", db=db)
+    assert far.returncode == 2
+    assert "the most recent are 'adhoc-failed'" in far.stderr
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "garbage", "empty-sqlite"])
+def test_a_missing_or_damaged_history_is_one_clear_line(kind: str, tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    if kind == "folder":
+        db.mkdir()
+    elif kind == "garbage":
+        db.write_bytes(os.urandom(4096))
+    elif kind == "empty-sqlite":
+        import sqlite3
+
+        sqlite3.connect(db).close()
+        db.write_bytes(b"")
+    for command in (["list"], ["stats", "x"]):
+        result = cli(*command, db=db)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith("batchmetrics: ")
+        assert str(db) in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_bad_arguments_are_usage_errors(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    for args in (["files", "nightly-001", "--status", "bogus"], ["list", "-n", "0"],
+                 ["compare", "a"], ["nope"], []):
+        result = cli(*args, db=db)
+        assert result.returncode == 2, args
+        assert "usage: batchmetrics" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_list_of_an_empty_history_says_so(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+
+    async def empty() -> None:
+        from batchmetrics import Store
+
+        store = Store(db)
+        m = BatchMetrics("tmp")
+        await store.begin(m)
+        await store.finish(m, m.summary(), "finished")
+
+    anyio.run(empty)
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM runs")
+    conn.close()
+    result = cli("list", db=db)
+    assert result.returncode == 0
+    assert result.stderr == "no runs\n"
+    assert cli("stats", "x", db=db).stderr.endswith("the history is empty\n")
+
+
+def test_the_cli_never_writes_to_the_history(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    before = db.stat().st_mtime_ns, db.read_bytes()
+    for args in (["list"], ["stats", "nightly-001"], ["files", "nightly-001"],
+                 ["compare", "nightly-001", "nightly-002"]):
+        assert cli(*args, db=db).returncode == 0
+    time.sleep(0.01)
+    assert (db.stat().st_mtime_ns, db.read_bytes()) == before

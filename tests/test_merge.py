@@ -1,0 +1,149 @@
+"""Merging exported states equals one batch over all their events (in process and via the CLI)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from itertools import pairwise
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchmetrics import Aggregate, BatchMetrics, merge_states
+from batchmetrics._events import Event
+
+SCRIPT = Path(sys.executable).parent / "batchmetrics"
+_ERROR_TYPES = ("ValueError", "OSError", "TimeoutError")
+
+# (duration, status code, samples, error type index)
+event_strategy = st.tuples(
+    st.one_of(st.just(0.0), st.floats(1e-6, 1e3, allow_nan=False, allow_infinity=False)),
+    st.sampled_from([0, 0, 0, 1, 2]),
+    st.integers(0, 10**9),
+    st.integers(0, len(_ERROR_TYPES) - 1),
+)
+
+
+def to_events(raw: list[tuple[float, int, int, int]]) -> list[Event]:
+    events: list[Event] = []
+    for i, (duration, status, samples, etype) in enumerate(raw):
+        if status == 0:
+            events.append((f"f{i}", 1000.0 + i, duration, samples, samples % 7, samples * 2, 0,
+                           None, None, None))
+        elif status == 1:
+            events.append((f"f{i}", 1000.0 + i, duration, 0, 0, 0, 1, _ERROR_TYPES[etype],
+                           f"message {i}", None))
+        else:
+            events.append((f"f{i}", 1000.0 + i, 0.0, 0, 0, 0, 2, None, "skip", None))
+    return events
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(raw=st.lists(event_strategy, max_size=300), cuts=st.lists(st.integers(0, 300), max_size=6))
+def test_merging_exported_states_equals_one_batch_over_all_events(
+        raw: list[tuple[float, int, int, int]], cuts: list[int]) -> None:
+    events = to_events(raw)
+    bounds = sorted({0, len(events), *(min(c, len(events)) for c in cuts)})
+    parts = [events[a:b] for a, b in pairwise(bounds)] or [[]]
+    states = []
+    for part in parts:
+        agg = Aggregate()
+        agg.add_batch(part)
+        states.append(json.loads(json.dumps(agg.to_state())))  # as exported and read back
+    merged = merge_states(states)
+    whole = Aggregate()
+    whole.add_batch(events)
+
+    for key in ("total_files", "processed_count", "error_count", "skip_count", "samples",
+                "measurements", "total_bytes", "by_type"):
+        assert getattr(merged, key) == getattr(whole, key), key
+    assert merged.timing.count == whole.timing.count
+    assert close(merged.timing.mean, whole.timing.mean)
+    assert close(merged.timing.m2, whole.timing.m2)
+    assert close(merged.busy_seconds, whole.busy_seconds)
+    if whole.timing.count:
+        assert merged.timing.min == whole.timing.min
+        assert merged.timing.max == whole.timing.max
+    assert merged.sketch.to_state() == whole.sketch.to_state()
+    qs = (0.5, 0.9, 0.95, 0.99)
+    if whole.sketch.count:
+        assert merged.sketch.quantiles(qs) == whole.sketch.quantiles(qs)
+
+
+def test_merging_nothing_mergeable_is_an_error() -> None:
+    with pytest.raises(ValueError, match="version"):
+        merge_states([{"version": 99}])
+
+
+# -- through the command line ----------------------------------------------------------------------
+
+
+def cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          timeout=60, cwd=cwd, check=False)
+
+
+async def record(m: BatchMetrics, names: range) -> None:
+    for i in names:
+        if i % 9 == 4:
+            await m.record_error(f"f{i}", "OSError", "read failed", duration=0.002)
+        elif i % 13 == 5:
+            await m.record_skip(f"f{i}", reason="dup")
+        else:
+            await m.record_file(f"f{i}", duration=0.001 * (1 + i % 23), samples=i,
+                                bytes_processed=3 * i)
+
+
+def test_cli_merge_of_three_exports_equals_one_batch_over_all_files(tmp_path: Path) -> None:
+    async def batches() -> Aggregate:
+        for k in range(3):
+            async with BatchMetrics(f"shard-{k}") as m:
+                await record(m, range(k * 400, (k + 1) * 400 - 17 * k))
+            await m.export_json(tmp_path / f"shard-{k}.json")
+        async with BatchMetrics("all") as whole:
+            for k in range(3):
+                await record(whole, range(k * 400, (k + 1) * 400 - 17 * k))
+        return Aggregate.from_state(whole.state_dict())
+
+    whole = anyio.run(batches)
+    result = cli("merge", *(tmp_path / f"shard-{k}.json" for k in range(3)),
+                 "-o", tmp_path / "total.json")
+    assert result.returncode == 0, result.stderr
+    assert "merged 3 states" in result.stderr
+    out = json.loads((tmp_path / "total.json").read_text())
+    assert set(out) == {"summary", "state"}
+    merged = Aggregate.from_state(out["state"])
+    summary = out["summary"]
+    assert summary["batch_id"] == "shard-0+shard-1+shard-2"
+    assert summary["total_files"] == whole.total_files == 3 * 400 - 17 * 3
+    assert summary["error_count"] == whole.error_count
+    assert summary["errors"]["by_type"] == whole.by_type
+    assert merged.timing.count == whole.timing.count
+    assert close(merged.timing.mean, whole.timing.mean)
+    assert close(merged.timing.m2, whole.timing.m2)
+    assert merged.sketch.to_state() == whole.sketch.to_state()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+    again = cli("merge", tmp_path / "total.json", tmp_path / "shard-0.json", "--batch-id", "x")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["summary"]["total_files"] == whole.total_files + 400
+
+
+def test_cli_merge_refuses_files_without_a_state(tmp_path: Path) -> None:
+    (tmp_path / "summary.json").write_text(json.dumps({"batch_id": "x", "total_files": 1}))
+    (tmp_path / "broken.json").write_text("{not json")
+    for name, message in (("summary.json", 'has no "state"'), ("broken.json", "is not JSON"),
+                          ("missing.json", "cannot read")):
+        result = cli("merge", tmp_path / name, "-o", tmp_path / "out.json")
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "out.json").exists()
