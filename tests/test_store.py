@@ -208,6 +208,24 @@ async def test_file_rows_can_be_filtered_by_status_and_ranked_by_duration(db: Pa
     assert all(r.status == "success" for r in slowest_ok)
 
 
+@pytest.mark.asyncio
+async def test_a_chunk_written_twice_counts_once(db: Path) -> None:
+    store = Store(db)
+    m = BatchMetrics("job-twice")
+    await store.begin(m)
+    run = store._runs[id(m)]
+    run.pending.add([("a", 1.0, 0.5, 1, 1, 1, 0, None, None, None)] * 3)
+    await store._write(run, None, None, None)
+    run.unwritten.append((run.run_id, 0, *encode_chunk([("a", 1.0, 0.5, 1, 1, 1, 0, None, None,
+                                                         None)] * 3)))
+    await store.finish(m, m.summary(), "finished")  # writes the queued copy again
+    with History(db) as history:
+        run_info = history.get("job-twice")
+        assert run_info is not None
+        assert run_info.files_stored == 3
+        assert len(list(history.files("job-twice"))) == 3
+
+
 def test_chunks_round_trip_awkward_names_and_huge_numbers() -> None:
     events = [
         ("plain.wfm", 1.5, 0.25, 10, 2, 30, 0, None, None, None),

@@ -259,7 +259,9 @@ def decode_chunk(row: Sequence[Any]) -> list[FileRecord]:
 
 _CHUNK_COLUMNS = ("n, filename, name_length, end_time, duration, samples, measurements, "
                   "bytes_processed, status, error_type, error_message, memory_peak")
-_INSERT_CHUNK = (f"INSERT INTO file_chunks (run_id, seq, {_CHUNK_COLUMNS}) "
+# OR IGNORE: a chunk whose insert landed although its await was cancelled is queued
+# again; writing it twice must not count it twice (the trigger fires only on insert).
+_INSERT_CHUNK = (f"INSERT OR IGNORE INTO file_chunks (run_id, seq, {_CHUNK_COLUMNS}) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
