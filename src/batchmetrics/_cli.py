@@ -555,7 +555,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cmd = "batchmetrics" + (f" --db {path}" if path != DEFAULT_DB else "")
     print(f"\nStored in {path}. Try:")
     for rest in ("list", f"files {batch_id} --status error", f"stats {batch_id} --json",
-                 "demo   (again, then: compare <one> <other>)"):
+                 f"compare {batch_id} <another run, e.g. the next demo>"):
         print(f"  {cmd} {rest}")
     return 0
 
