@@ -336,6 +336,18 @@ def test_demo_processes_sample_files_and_stores_the_run(tmp_path: Path) -> None:
     assert "already in" in again.stderr
 
 
+def test_demo_without_rich_shows_progress_as_log_lines(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['rich'] = None; from batchmetrics._cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--db", str(tmp_path / "d.db"), "demo", "--files", "30",
+         "--latency", "0.001", "--batch-id", "plain"],
+        capture_output=True, text=True, timeout=120, env=clean_env(), check=False)
+    assert result.returncode == 0, result.stderr
+    assert "finished: batch plain: 31/31 (100.0%) files" in result.stderr  # 30 + a duplicate
+    assert "Batch plain" in result.stdout
+
+
 # -- errors for people ---------------------------------------------------------------------------
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import importlib.util
 import json
+import logging
 import math
 import os
 import sys
@@ -538,6 +540,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     path = db_path(args)
     batch_id = args.batch_id or time.strftime("demo-%Y%m%d-%H%M%S")
+    if not args.no_display and importlib.util.find_spec("rich") is None:
+        # without rich the display is a log line every interval: let it through
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     if os.path.exists(path):  # refuse a taken batch id before making any files
         with open_history(args) as history:
             if history.get(batch_id) is not None:
