@@ -222,10 +222,12 @@ class BatchMetrics:
             tg.start_soon(self._pump, name=f"batchmetrics thread pump {self.batch_id}")
             if self._needs_ticker():
                 tg.start_soon(self._tick, name=f"batchmetrics ticker {self.batch_id}")
-        except BaseException as exc:
+        except BaseException:
+            # the error is re-raised as it is: passing it to the task group would wrap it
             tg.cancel_scope.cancel()
             send.close()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            recv.close()
+            await tg.__aexit__(None, None, None)
             self._state = BatchState.FINISHED
             self._started.set()  # release live() iterators waiting for a start
             self._finished.set()
