@@ -22,9 +22,9 @@ import aiofiles
 import anyio
 import anyio.to_thread
 from anyio.abc import ObjectReceiveStream
-from pipeline import decode, make_files
 
 from batchmetrics import BatchMetrics, JsonlSink
+from batchmetrics.demo import decode, make_files
 
 
 async def worker(metrics: BatchMetrics, jobs: ObjectReceiveStream[Path]) -> None:

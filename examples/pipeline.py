@@ -7,7 +7,7 @@ Prints the summary and writes JSON and CSV reports to ``out/``.
 
 The pipeline itself (``make_files``, ``decode``, and ``process``, the worker
 step that calls ``metrics.track()``) is the one ``batchmetrics demo`` runs; it
-lives in ``src/batchmetrics/_demo.py``.
+lives in ``batchmetrics.demo``.
 
     python examples/pipeline.py [--files 2000] [--workers 16] [--out out]
 """
@@ -22,9 +22,7 @@ from pathlib import Path
 import anyio
 
 from batchmetrics import BatchMetrics
-from batchmetrics._demo import decode, make_files, run_pipeline
-
-__all__ = ["decode", "make_files", "run"]  # live_progress.py reuses the sample files
+from batchmetrics.demo import make_files, run_pipeline
 
 
 async def run(files: int, workers: int, out: Path) -> None:

@@ -536,7 +536,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import anyio
 
-    from ._demo import run_demo
+    from .demo import run_demo
 
     path = db_path(args)
     batch_id = args.batch_id or time.strftime("demo-%Y%m%d-%H%M%S")

@@ -1,4 +1,4 @@
-"""The ``batchmetrics demo`` job, and the pipeline that ``examples/pipeline.py`` runs.
+"""The sample job behind ``batchmetrics demo``, reusable by examples and your own trials.
 
 A folder of sample "waveform" files (a header with a sample count, then int16
 samples; some corrupt, some truncated, some exact duplicates) is processed by
