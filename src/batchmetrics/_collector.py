@@ -861,8 +861,8 @@ class BatchMetrics:
         logger.info("Batch metrics CSV exported to %s", os.fspath(path))
 
 
-class Tracked:
-    """The per-file handle of ``track()``; set its counters inside the block."""
+class _TrackedFile:
+    """What ``track()`` and ``track_threadsafe()`` share: the counters and the outcome."""
 
     __slots__ = ("_metrics", "_skip_reason", "_t0", "bytes_processed", "filename",
                  "measurements", "memory_peak", "samples")
@@ -882,6 +882,27 @@ class Tracked:
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
         self._skip_reason = reason
+
+    def _outcome(self, exc: BaseException | None) -> dict[str, Any] | None:
+        """The ``record_file`` keywords for how the block ended; ``None``: record nothing."""
+        duration = time.perf_counter() - self._t0
+        if exc is None:
+            if self._skip_reason is not None:
+                return {"duration": duration, "status": "skipped",
+                        "error_message": self._skip_reason}
+            return {"duration": duration, "samples": self.samples,
+                    "measurements": self.measurements, "bytes_processed": self.bytes_processed,
+                    "memory_peak": self.memory_peak}
+        if isinstance(exc, Exception):
+            return {"duration": duration, "status": "error", "error_type": type(exc).__name__,
+                    "error_message": str(exc)}
+        return None  # cancelled or interrupted: not an outcome of the file
+
+
+class Tracked(_TrackedFile):
+    """The per-file handle of ``track()``; set its counters inside the block."""
+
+    __slots__ = ()
 
     async def __aenter__(self) -> Tracked:
         if self._metrics._send is None:
@@ -896,44 +917,16 @@ class Tracked:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        duration = time.perf_counter() - self._t0
-        m = self._metrics
-        m._in_flight -= 1
-        if exc is None:
-            if self._skip_reason is not None:
-                await m.record_file(self.filename, duration=duration, status="skipped",
-                                    error_message=self._skip_reason)
-            else:
-                await m.record_file(
-                    self.filename, duration=duration, samples=self.samples,
-                    measurements=self.measurements, bytes_processed=self.bytes_processed,
-                    memory_peak=self.memory_peak)
-        elif isinstance(exc, Exception):
-            await m.record_file(self.filename, duration=duration, status="error",
-                                error_type=type(exc).__name__, error_message=str(exc))
+        self._metrics._in_flight -= 1
+        fields = self._outcome(exc)
+        if fields is not None:
+            await self._metrics.record_file(self.filename, **fields)
 
 
-class TrackedInThread:
+class TrackedInThread(_TrackedFile):
     """The per-file handle of ``track_threadsafe()``: a sync context manager for threads."""
 
-    __slots__ = ("_metrics", "_skip_reason", "_t0", "bytes_processed", "filename",
-                 "measurements", "memory_peak", "samples")
-
-    def __init__(self, metrics: BatchMetrics, filename: str) -> None:
-        self._metrics = metrics
-        self.filename = filename
-        self.samples = 0
-        self.measurements = 0
-        self.bytes_processed = 0
-        self.memory_peak: int | None = None
-        self._skip_reason: str | None = None
-        self._t0 = 0.0
-
-    def skip(self, reason: str = "") -> None:
-        """Record this file as skipped (with ``reason``) instead of as a success."""
-        if not isinstance(reason, str):
-            raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
-        self._skip_reason = reason
+    __slots__ = ()
 
     def __enter__(self) -> TrackedInThread:
         m = self._metrics
@@ -950,22 +943,12 @@ class TrackedInThread:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        duration = time.perf_counter() - self._t0
         m = self._metrics
         with m._thread_lock:
             m._in_flight_threads -= 1
-        if exc is None:
-            if self._skip_reason is not None:
-                m.record_file_threadsafe(self.filename, duration=duration, status="skipped",
-                                         error_message=self._skip_reason)
-            else:
-                m.record_file_threadsafe(
-                    self.filename, duration=duration, samples=self.samples,
-                    measurements=self.measurements, bytes_processed=self.bytes_processed,
-                    memory_peak=self.memory_peak)
-        elif isinstance(exc, Exception):
-            m.record_file_threadsafe(self.filename, duration=duration, status="error",
-                                     error_type=type(exc).__name__, error_message=str(exc))
+        fields = self._outcome(exc)
+        if fields is not None:
+            m.record_file_threadsafe(self.filename, **fields)
 
 
 def get_batch_stats(batch_id: str, metrics: BatchMetrics) -> dict[str, Any]:
