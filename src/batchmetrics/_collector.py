@@ -498,9 +498,6 @@ class BatchMetrics:
         every call that returned is in the next ``snapshot()`` and in the final
         summary. Bad arguments raise ``TypeError``/``ValueError`` and record nothing.
         """
-        send = self._send
-        if send is None:
-            raise self._not_running()
         # The common case is checked inline (no call); anything unusual goes through
         # check_fields, which converts what it can and names what it cannot.
         if (
@@ -523,11 +520,15 @@ class BatchMetrics:
         code = 0 if status == "success" else check_status(status)
         ev = (filename, self._clock(), duration, samples, measurements, bytes_processed, code,
               error_type, error_message, memory_peak)
+        # An open chunk exists only while the batch runs (it is dropped before the exit).
         chunk = self._chunk
-        if chunk is not None and len(chunk) < _CHUNK:
+        if chunk is not None and len(chunk) < 256:  # _CHUNK, as a constant: the hot path
             chunk.append(ev)
-        else:
-            await self._send_chunk(send, ev)
+            return
+        send = self._send
+        if send is None:
+            raise self._not_running()
+        await self._send_chunk(send, ev)
 
     async def _send_chunk(self, send: MemoryObjectSendStream[Any], ev: Event) -> None:
         """Put a new chunk holding ``ev`` on the stream; it stays open for appends.
