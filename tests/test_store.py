@@ -130,7 +130,7 @@ async def test_entering_a_batch_whose_id_is_taken_raises_value_error(db: Path) -
     with pytest.raises(ValueError, match="already in the history"):
         async with again:
             pass  # pragma: no cover - never entered
-    with pytest.raises(RuntimeError, match="it has finished"):
+    with pytest.raises(RuntimeError, match="it failed to start: ValueError"):
         await again.record_file("late.wfm", duration=0.1)
 
 

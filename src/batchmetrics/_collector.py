@@ -174,6 +174,7 @@ class BatchMetrics:
         self._consumer_done = anyio.Event()
         self._consumer_scope: anyio.CancelScope | None = None
         self._consumer_error: BaseException | None = None
+        self._start_error: BaseException | None = None
         self._started = anyio.Event()
         self._finished = anyio.Event()
         self._markers: set[_Marker] = set()
@@ -222,8 +223,9 @@ class BatchMetrics:
             tg.start_soon(self._pump, name=f"batchmetrics thread pump {self.batch_id}")
             if self._needs_ticker():
                 tg.start_soon(self._tick, name=f"batchmetrics ticker {self.batch_id}")
-        except BaseException:
+        except BaseException as exc:
             # the error is re-raised as it is: passing it to the task group would wrap it
+            self._start_error = exc
             tg.cancel_scope.cancel()
             send.close()
             recv.close()
@@ -471,6 +473,8 @@ class BatchMetrics:
     def _not_running(self) -> RuntimeError:
         if self._state is BatchState.NEW:
             why = "it has not started: enter `async with metrics:` first"
+        elif self._start_error is not None:
+            why = f"it failed to start: {self._start_error!r}"
         elif self._consumer_error is not None:
             why = f"its consumer failed: {self._consumer_error!r}"
         elif self._state is BatchState.FINISHING:
