@@ -46,7 +46,11 @@ async def test_live_yields_every_interval_then_the_final_summary() -> None:
     assert seen[-1].to_dict() == metrics.summary().to_dict()
     assert seen[-1].state == "finished"
     assert seen[-1].total_files == recorded
-    assert all(s.state == "running" for s in seen[:-1])
+    # a tick may land while the block drains ("finishing"), never running again after
+    order = {"running": 0, "finishing": 1}
+    states = [order[s.state] for s in seen[:-1]]
+    assert states == sorted(states)
+    assert states.count(0) >= 7
 
 
 @pytest.mark.asyncio
