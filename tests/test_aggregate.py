@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from batchmetrics import Aggregate, merge_states
 from batchmetrics._events import ERROR, SKIPPED, SUCCESS, Event
+from batchmetrics._sketch import VECTOR_MIN
 
 ERROR_TYPES = ("ValueError", "OSError", "KeyError")
 
@@ -84,6 +85,17 @@ def test_adding_batch_by_batch_equals_adding_all_at_once(batches: list[list[Even
     for batch in batches:
         incremental.add_batch(batch)
     _assert_same_aggregate(incremental, _aggregate_of([e for b in batches for e in b]))
+
+
+@given(st.lists(events_st(), min_size=VECTOR_MIN, max_size=300), st.integers(1, VECTOR_MIN - 1))
+def test_numpy_and_plain_folds_agree(events: list[Event], size: int) -> None:
+    """A batch of VECTOR_MIN events or more is folded with numpy, a smaller one in Python."""
+    small = Aggregate()
+    for i in range(0, len(events), size):
+        small.add_batch(events[i:i + size])
+    whole = _aggregate_of(events)
+    _assert_same_aggregate(small, whole)
+    assert small.error_messages == whole.error_messages  # same order: the same first ones
 
 
 @given(st.lists(events_st(), max_size=60), st.lists(events_st(), max_size=60))

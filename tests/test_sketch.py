@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchmetrics import QuantileSketch
+from batchmetrics._sketch import VECTOR_MIN
 
 # Durations in seconds, from sub-microsecond to days, with zeros mixed in.
 durations_st = st.one_of(
@@ -55,6 +56,21 @@ def test_add_many_equals_repeated_add(head: list[float], values: list[float]) ->
     batched = _sketch_of(head)
     batched.add_many(values)
     assert batched == _sketch_of(head + values)
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=1.7e308), min_size=VECTOR_MIN, max_size=400),
+       st.integers(1, VECTOR_MIN - 1))
+def test_numpy_and_plain_bucketing_agree_over_the_whole_float_range(
+    values: list[float], size: int
+) -> None:
+    """Batches of VECTOR_MIN or more are bucketed with numpy, smaller ones in Python."""
+    whole = QuantileSketch()
+    whole.add_many(values)
+    pieces = QuantileSketch()
+    for i in range(0, len(values), size):
+        pieces.add_many(values[i:i + size])
+    assert whole.to_state() == pieces.to_state()
+    assert (whole.min, whole.max) == (min(values), max(values))
 
 
 @given(st.lists(durations_st, min_size=1, max_size=300), st.lists(quantiles_st, max_size=5))

@@ -2,32 +2,34 @@
 
 ``Aggregate.add_batch`` folds events in; ``merge`` combines aggregates of split
 batches exactly; ``to_state``/``from_state`` give the stable JSON form;
-``to_summary`` turns it into a :class:`BatchMetricsSummary`. Pure: stdlib only.
+``to_summary`` turns it into a :class:`BatchMetricsSummary`. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from itertools import compress
+from operator import itemgetter
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from ._events import (
     ERROR,
-    F_BYTES,
     F_ERROR_MESSAGE,
     F_ERROR_TYPE,
-    F_MEASUREMENTS,
     F_NAME,
-    F_SAMPLES,
     F_STATUS,
-    SKIPPED,
     STATUS_NAMES,
     SUCCESS,
     Columns,
     Event,
 )
 from ._render import iso_timestamp
-from ._sketch import QuantileSketch
+from ._sketch import VECTOR_MIN, QuantileSketch
 from ._stats import RunningStats
 from ._summary import (
     BatchMetricsSummary,
@@ -41,16 +43,9 @@ from ._summary import (
 STATE_VERSION = 1
 
 
-def _non_success(statuses: bytes) -> Iterator[int]:
-    """Indexes of the non-success statuses, found at C speed (they are rare)."""
-    for code in _OTHER_CODES:
-        i = statuses.find(code)
-        while i >= 0:
-            yield i
-            i = statuses.find(code, i + 1)
-
-
-_OTHER_CODES = (bytes([ERROR]), bytes([SKIPPED]))
+#: ``bytes.translate`` tables over status codes: success -> 1, error -> 1, others -> 0.
+_SUCCESS_MASK = bytes(1 if code == SUCCESS else 0 for code in range(256))
+_ERROR_MASK = bytes(1 if code == ERROR else 0 for code in range(256))
 #: Quantiles reported per file: median, p90, p95, p99.
 _QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
@@ -126,24 +121,18 @@ class Aggregate:
         statuses = cols.statuses
         ns = statuses.count(SUCCESS)
         ne = statuses.count(ERROR)
-        samples = sum(cols.samples)
-        measurements = sum(cols.measurements)
-        nbytes = sum(cols.nbytes)
-        ok_durations = durations
-        if ns != n:  # errors and skips are rare: take their part back out one by one
-            ok_durations = durations.copy()
-            by_type = self.by_type
-            for i in _non_success(statuses):
-                ev = events[i]
-                samples -= ev[F_SAMPLES]
-                measurements -= ev[F_MEASUREMENTS]
-                nbytes -= ev[F_BYTES]
-                ok_durations[i] = 0.0
-                if statuses[i] == ERROR:
-                    etype = ev[F_ERROR_TYPE]
-                    if etype:
-                        by_type[etype] = by_type.get(etype, 0) + 1
-                        self._note_error(etype, ev[F_ERROR_MESSAGE])
+        ok: bytes | None = None  # 1 where the event succeeded, when some did not
+        if ns == n:
+            samples = sum(cols.samples)
+            measurements = sum(cols.measurements)
+            nbytes = sum(cols.nbytes)
+        else:
+            ok = statuses.translate(_SUCCESS_MASK)
+            samples = sum(compress(cols.samples, ok))
+            measurements = sum(compress(cols.measurements, ok))
+            nbytes = sum(compress(cols.nbytes, ok))
+            if ne:
+                self._add_errors(list(compress(events, statuses.translate(_ERROR_MASK))))
         self.total_files += n
         self.processed_count += ns
         self.error_count += ne
@@ -152,25 +141,61 @@ class Aggregate:
         self.measurements += measurements
         self.total_bytes += nbytes
         self.busy_seconds += sum(durations)
-        timed = list(filter(None, ok_durations))  # successes with duration > 0
-        if timed:
+        # timing covers successes with duration > 0
+        timed: list[float] | npt.NDArray[np.float64]
+        values = None
+        if n >= VECTOR_MIN:
+            values = np.array(durations, dtype=np.float64)
+            keep = values > 0.0
+            if ok is not None:
+                keep &= np.frombuffer(ok, dtype=np.bool_)
+            timed = values[keep]
+        else:
+            timed = list(filter(None, durations if ok is None else compress(durations, ok)))
+        if len(timed):
             self.timing.push_many(timed)
             self.sketch.add_many(timed)
-        k = self.slowest_k
-        if k:
-            slowest = self.slowest
-            if len(slowest) < k or max(durations) > slowest[0][0]:
-                for d, i in heapq.nlargest(k, zip(durations, range(n), strict=True)):
-                    if len(slowest) >= k and d <= slowest[0][0]:
-                        break
-                    self._slow_seq += 1
-                    ev = events[i]
-                    item = (d, self._slow_seq, ev[F_NAME], ev[F_STATUS])
-                    if len(slowest) < k:
-                        heapq.heappush(slowest, item)
-                    else:
-                        heapq.heapreplace(slowest, item)
+        if self.slowest_k:
+            self._add_slowest(events, durations, values)
         return (n, ns, samples, nbytes)
+
+    def _add_errors(self, errors: list[Event]) -> None:
+        by_type = self.by_type
+        for etype, count in Counter(map(itemgetter(F_ERROR_TYPE), errors)).items():
+            if etype:
+                by_type[etype] = by_type.get(etype, 0) + count
+        kept_by_type = self.error_messages
+        room = self.error_messages_per_type
+        for ev in errors:  # only the first few messages of a type are kept: mostly skipped
+            etype = ev[F_ERROR_TYPE]
+            if etype:
+                kept = kept_by_type.get(etype)
+                if kept is None or len(kept) < room:
+                    self._note_error(etype, ev[F_ERROR_MESSAGE])
+
+    def _add_slowest(self, events: Sequence[Event], durations: list[float],
+                     values: npt.NDArray[np.float64] | None) -> None:
+        """Keep the ``slowest_k`` longest files seen (ties: the later file)."""
+        k = self.slowest_k
+        slowest = self.slowest
+        full = len(slowest) >= k
+        if full and max(durations) <= slowest[0][0]:
+            return
+        if values is not None and full:  # only the few above the current floor
+            above = np.flatnonzero(values > slowest[0][0]).tolist()
+            pairs = zip(map(durations.__getitem__, above), above, strict=True)
+        else:
+            pairs = zip(durations, range(len(durations)), strict=True)
+        for d, i in heapq.nlargest(k, pairs):
+            if len(slowest) >= k and d <= slowest[0][0]:
+                break
+            self._slow_seq += 1
+            ev = events[i]
+            item = (d, self._slow_seq, ev[F_NAME], ev[F_STATUS])
+            if len(slowest) < k:
+                heapq.heappush(slowest, item)
+            else:
+                heapq.heapreplace(slowest, item)
 
     def _note_error(self, etype: str, message: str | None) -> None:
         kept = self.error_messages.get(etype)
