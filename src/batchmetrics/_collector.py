@@ -32,10 +32,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._aggregate import Aggregate
 from ._events import (
+    ERROR,
+    SKIPPED,
     Columns,
     Event,
     FileRecord,
     check_count,
+    check_duration,
     check_fields,
     check_filename,
     check_optional_str,
@@ -515,7 +518,9 @@ class BatchMetrics:
             or samples < 0
             or measurements < 0
             or bytes_processed < 0
-            or not (error_type is None and error_message is None and memory_peak is None)
+            or (error_type is not None and error_type.__class__ is not str)
+            or (error_message is not None and error_message.__class__ is not str)
+            or (memory_peak is not None and (memory_peak.__class__ is not int or memory_peak < 0))
         ):
             (filename, duration, samples, measurements, bytes_processed, error_type,
              error_message, memory_peak) = check_fields(
@@ -529,12 +534,9 @@ class BatchMetrics:
         if chunk is not None and len(chunk) < 256:  # _CHUNK, as a constant: the hot path
             chunk.append(ev)
             return
-        send = self._send
-        if send is None:
-            raise self._not_running()
-        await self._send_chunk(send, ev)
+        await self._send_chunk(ev)
 
-    async def _send_chunk(self, send: MemoryObjectSendStream[Any], ev: Event) -> None:
+    async def _send_chunk(self, ev: Event) -> None:
         """Put a new chunk holding ``ev`` on the stream; it stays open for appends.
 
         Events travel in chunks (lists of up to 256 events) so the stream's
@@ -544,6 +546,9 @@ class BatchMetrics:
         closes the open chunk (``self._chunk = None``) when it drains the stream,
         before reading it. A chunk that had to wait for room is never left open.
         """
+        send = self._send
+        if send is None:
+            raise self._not_running()
         chunk = [ev]
         try:
             send.send_nowait(chunk)
@@ -585,22 +590,42 @@ class BatchMetrics:
             return
 
     async def record_error(
-        self, filename: str | os.PathLike[str], error_type: str, error_message: str,
+        self, filename: str | os.PathLike[str], error_type: str, error_message: str | None,
         duration: float = 0.0,
     ) -> None:
         """Record a failed file with its error type (e.g. an exception's class name)."""
-        if not isinstance(error_type, str):
-            raise TypeError(f"error_type must be a str, got {type(error_type).__name__} "
-                            f"{error_type!r}")
-        check_optional_str(error_message, "error_message")
-        await self.record_file(filename, duration=duration, status="error",
-                               error_type=error_type, error_message=error_message)
+        if (
+            error_type.__class__ is not str
+            or (error_message is not None and error_message.__class__ is not str)
+            or filename.__class__ is not str
+            or not filename
+            or duration.__class__ is not float
+            or not 0.0 <= duration <= 1.7976931348623157e308
+        ):
+            if not isinstance(error_type, str):
+                raise TypeError(f"error_type must be a str, got {type(error_type).__name__} "
+                                f"{error_type!r}")
+            check_optional_str(error_message, "error_message")
+            filename, duration = check_filename(filename), check_duration(duration)
+        ev = (filename, self._clock(), duration, 0, 0, 0, ERROR, error_type, error_message, None)
+        chunk = self._chunk
+        if chunk is not None and len(chunk) < _CHUNK:
+            chunk.append(ev)
+            return
+        await self._send_chunk(ev)
 
     async def record_skip(self, filename: str | os.PathLike[str], reason: str = "") -> None:
         """Record a skipped file; the reason is kept as its ``error_message``."""
-        if not isinstance(reason, str):
-            raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
-        await self.record_file(filename, duration=0.0, status="skipped", error_message=reason)
+        if reason.__class__ is not str or filename.__class__ is not str or not filename:
+            if not isinstance(reason, str):
+                raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
+            filename = check_filename(filename)
+        ev = (filename, self._clock(), 0.0, 0, 0, 0, SKIPPED, None, reason, None)
+        chunk = self._chunk
+        if chunk is not None and len(chunk) < _CHUNK:
+            chunk.append(ev)
+            return
+        await self._send_chunk(ev)
 
     def track(self, filename: str | os.PathLike[str]) -> Tracked:
         """Time a block as one file: ``async with metrics.track(name) as item:``.
