@@ -14,12 +14,16 @@ from hypothesis import strategies as st
 from batchmetrics._events import STATUS_NAMES, Event
 from batchmetrics._render import (
     FILE_COLUMNS,
+    LOG_COLUMNS,
     csv_header,
     csv_rows,
     file_row_dict,
     file_row_json,
     iso_timestamp,
+    iso_timestamps,
     jsonl_lines,
+    log_lines,
+    log_row_dict,
 )
 
 # 1970 .. 2100, as Unix timestamps from time.time()
@@ -104,6 +108,38 @@ def test_jsonl_lines_is_one_parsable_row_per_event(events: list[Event]) -> None:
     assert text == "" or text.endswith("\n")
     assert [json.loads(line) for line in text.split("\n")[:-1]] == [
         file_row_dict(ev) for ev in events]
+
+
+@given(st.lists(events_st(), min_size=16, max_size=80))
+@example([("bad-\udcff.wfm", 1_700_000_000.5, 0.5, 10, 0, 0, 0, None, None, None)] * 16)
+def test_jsonl_lines_of_whole_batches_parse_to_file_row_dicts(events: list[Event]) -> None:
+    # batches of 16 or more format their timestamps column-wise
+    text = jsonl_lines(events)
+    # lines end at "\n" only: U+0085 and U+2028 may stand in a JSON string unescaped
+    assert [json.loads(line) for line in text.split("\n")[:-1]] == [
+        file_row_dict(ev) for ev in events]
+
+
+@given(st.lists(st.one_of(timestamps, st.just(0.0), st.integers(0, 4_102_444_800).map(float),
+                          st.floats(min_value=-1e9, max_value=0.0)), min_size=16, max_size=300))
+@example([1_700_000_059.9999999, 1_703_980_799.9999997, 1_700_000_000.0000005, 1e-7] * 4)
+def test_iso_timestamps_of_a_column_equal_iso_timestamp(times: list[float]) -> None:
+    assert iso_timestamps(times) == [iso_timestamp(t) if t else None for t in times]
+
+
+@given(st.lists(events_st(), max_size=60))
+@example([("bad-\udcff.wfm", 1_700_000_000.5, 0.5, 10, 0, 0, 1, "OSError", "x\udc80", 7)])
+def test_log_lines_are_the_events_as_recorded(events: list[Event]) -> None:
+    text = log_lines(events).decode("utf-8")
+    rows = [json.loads(line) for line in text.split("\n")[:-1]]
+    assert rows == [log_row_dict(ev) for ev in events]
+    for row, ev in zip(rows, events, strict=True):
+        # keys in LOG_COLUMNS order; the last three only when they are not None
+        assert tuple(row) == tuple(key for key in LOG_COLUMNS if key in row)
+        assert set(LOG_COLUMNS[:7]) <= set(row)
+        assert ("memory_peak_bytes" in row) == (ev[9] is not None)
+        assert row["end_ts"] == ev[1]
+        assert row["status"] == STATUS_NAMES[ev[6]]
 
 
 def test_file_row_dict_has_the_reference_columns_in_order() -> None:

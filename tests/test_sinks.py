@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import anyio
@@ -12,6 +13,7 @@ import anyio.lowlevel
 import pytest
 
 from batchmetrics import BatchMetrics, CsvSink, FileRecord, JsonlSink
+from batchmetrics._render import LOG_COLUMNS
 from batchmetrics.testing import MemorySink
 
 
@@ -41,10 +43,31 @@ async def test_jsonl_sink_logs_every_file_with_keep_files_off(tmp_path: Path) ->
     rows = [json.loads(line) for line in lines]
     expected = reference.get_file_metrics()
     for row, want in zip(rows, expected, strict=True):
-        for key in ("start_time", "end_time"):  # recorded at other moments
-            row.pop(key)
+        assert tuple(row) == tuple(key for key in LOG_COLUMNS if key in row)
+        assert isinstance(row.pop("end_ts"), float)  # recorded at another moment
+        # the compact line is the export row without its timestamps, its derived rate,
+        # and the optional fields that are None
+        for key in ("start_time", "end_time", "samples_per_second"):
             want.pop(key)
-        assert row == want
+        assert row == {key: value for key, value in want.items() if value is not None}
+
+
+@pytest.mark.asyncio
+async def test_jsonl_lines_agree_with_the_files_kept_in_the_same_batch(tmp_path: Path) -> None:
+    compact, full = tmp_path / "compact.jsonl", tmp_path / "full.jsonl"
+    async with BatchMetrics("both", sinks=[JsonlSink(compact), JsonlSink(full, full=True)]) as m:
+        await _record_mix(m, 3000)
+    kept = m.get_file_metrics()
+    full_rows = [json.loads(line) for line in full.read_text(encoding="utf-8").splitlines()]
+    assert full_rows == kept  # full=True: the export rows exactly, timestamps included
+    for line, want in zip(compact.read_text(encoding="utf-8").splitlines(), kept, strict=True):
+        row = json.loads(line)
+        end = datetime.fromisoformat(want["end_time"]).timestamp()
+        assert row["end_ts"] == pytest.approx(end, abs=1e-6)
+        assert datetime.fromisoformat(want["start_time"]).timestamp() == pytest.approx(
+            row["end_ts"] - row["duration_seconds"], abs=1e-6)
+        if row["duration_seconds"] > 0:
+            assert want["samples_per_second"] == row["samples"] / row["duration_seconds"]
 
 
 @pytest.mark.asyncio
