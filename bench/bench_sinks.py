@@ -36,9 +36,9 @@ from bench_record import best_of, time_reference  # noqa: E402
 
 
 def time_ours(events: list[tuple[int, str, float, int, int, int, str, str]],
-              log: Path | None) -> float:
+              log: Path | None, full: bool = False) -> float:
     async def main() -> float:
-        sinks = [JsonlSink(log)] if log is not None else []
+        sinks = [JsonlSink(log, full=full)] if log is not None else []
         t0 = time.perf_counter()
         async with BatchMetrics("bench", keep_files=False, sinks=sinks) as m:
             await replay_ours(m, events)
@@ -121,17 +121,21 @@ def main() -> None:
             cases["reference"] = lambda: time_reference(ref_cls, events)
         cases["ours, no sink"] = lambda: time_ours(events, None)
         cases["ours, JSONL sink"] = lambda: time_ours(events, log)
+        cases["ours, JSONL full=True"] = lambda: time_ours(events, log, full=True)
         best = best_of(args.rounds, cases)
     per = {k: v / args.n * 1e6 for k, v in best.items()}
     print(f"N = {args.n:,} events, keep_files=False; best of {args.rounds} interleaved rounds")
     for name, us in per.items():
-        print(f"  {name:<20} {us:7.3f} us/event")
-    added = per["ours, JSONL sink"] - per["ours, no sink"]
-    if "reference" in per:
-        print(f"JSONL sink adds {added:.3f} us/event = {added / per['reference']:.2f}x the "
-              "reference's record_file (target <= 0.3x)")
-    else:
-        print(f"JSONL sink adds {added:.3f} us/event (reference not found: no ratio)")
+        print(f"  {name:<22} {us:7.3f} us/event")
+    for case, what in (("ours, JSONL sink", "JSONL sink (compact lines, the default)"),
+                       ("ours, JSONL full=True", "JSONL sink with full=True (export rows)")):
+        added = per[case] - per["ours, no sink"]
+        if "reference" in per:
+            target = " (target <= 0.3x)" if case == "ours, JSONL sink" else ""
+            print(f"{what} adds {added:.3f} us/event = {added / per['reference']:.2f}x the "
+                  f"reference's record_file{target}")
+        else:
+            print(f"{what} adds {added:.3f} us/event (reference not found: no ratio)")
     if args.million:
         subprocess.run([sys.executable, __file__, "--child", str(args.million)], check=True)
 
