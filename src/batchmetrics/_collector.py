@@ -416,7 +416,7 @@ class BatchMetrics:
                         records = [FileRecord._make(ev) for ev in batch]
                     await sink.write(records)
         if self._store is not None and self._store_files:
-            await self._store.write_files(self, batch)
+            await self._store.write_files(self, batch, columns)
 
     async def _fold_with_markers(self, items: list[Any]) -> None:
         events: list[Event] = []

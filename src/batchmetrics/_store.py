@@ -13,6 +13,7 @@ as it starts (so none has to upgrade a read lock, which a busy wait cannot fix).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import json
@@ -26,14 +27,24 @@ from array import array
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, compress, pairwise, repeat
-from operator import attrgetter, is_not
+from operator import attrgetter, countOf, is_not, itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aiosqlite
 import anyio
 
-from ._events import STATUS_CODES, Event, FileRecord
+from ._events import (
+    F_END,
+    F_ERROR_MESSAGE,
+    F_ERROR_TYPE,
+    F_MEMORY_PEAK,
+    F_NAME,
+    STATUS_CODES,
+    Columns,
+    Event,
+    FileRecord,
+)
 from ._summary import BatchMetricsSummary
 
 if TYPE_CHECKING:
@@ -115,10 +126,11 @@ class HistoryError(Exception):
 # -- per-file rows in column chunks ----------------------------------------------------------
 
 
-def _pack(typecode: str, values: Sequence[Any]) -> bytes | list[Any]:
+def _pack(typecode: str, values: list[Any]) -> bytes | list[Any]:
     """Numbers as little-endian array bytes; a plain list when they do not fit the type."""
+    arr = array(typecode)
     try:
-        arr = array(typecode, values)
+        arr.fromlist(values)  # all or nothing: on failure the array is left empty
     except OverflowError:
         return list(values)
     if not _LITTLE:  # pragma: no cover - big-endian hosts
@@ -156,6 +168,11 @@ def _unsparse(data: str | None, n: int) -> list[Any]:
     return values
 
 
+_NAME = itemgetter(F_NAME)
+_END = itemgetter(F_END)
+_EXTRAS = (itemgetter(F_ERROR_TYPE), itemgetter(F_ERROR_MESSAGE), itemgetter(F_MEMORY_PEAK))
+
+
 class ChunkBuilder:
     """Per-file rows gathered as compact columns, until they are written as one chunk.
 
@@ -185,26 +202,25 @@ class ChunkBuilder:
         # error type, error message, memory peak: ([row, ...], [value, ...]) of the non-null
         self._extras: tuple[tuple[list[int], list[Any]], ...] = (([], []), ([], []), ([], []))
 
-    def add(self, events: Sequence[Event]) -> None:
-        """Pack ``events`` onto the columns."""
+    def add(self, events: Sequence[Event], columns: Columns | None = None) -> None:
+        """Pack ``events`` onto the columns (``columns``: theirs, if already pulled out)."""
         n = len(events)
         if not n:
             return
-        # One transposing pass (zip) is cheaper than one itemgetter pass per column;
-        # the order is the event layout of _events (F_NAME ... F_MEMORY_PEAK).
-        names, ends, durations, samples, measurements, nbytes, statuses, *extras = zip(
-            *events, strict=True)
+        cols = Columns(events) if columns is None else columns
+        names = list(map(_NAME, events))
         self._names.append("".join(names).encode("utf-8", "surrogatepass"))
         self._lengths.append(_pack("q", list(map(len, names))))
-        self._ends.append(_pack("d", ends))
-        self._durations.append(_pack("d", durations))
-        self._samples.append(_pack("q", samples))
-        self._measurements.append(_pack("q", measurements))
-        self._bytes.append(_pack("q", nbytes))
-        self._statuses.append(bytes(statuses))
+        self._ends.append(_pack("d", list(map(_END, events))))
+        self._durations.append(_pack("d", cols.durations))
+        self._samples.append(_pack("q", cols.samples))
+        self._measurements.append(_pack("q", cols.measurements))
+        self._bytes.append(_pack("q", cols.nbytes))
+        self._statuses.append(cols.statuses)
         offset = self.n
-        for column, (rows, values) in zip(extras, self._extras, strict=True):
-            if column.count(None) != n:
+        for getter, (rows, values) in zip(_EXTRAS, self._extras, strict=True):
+            if countOf(map(getter, events), None) != n:  # rare: only then build the column
+                column = list(map(getter, events))
                 present = list(compress(range(n), map(is_not, column, repeat(None))))
                 rows += [offset + i for i in present]
                 values += [column[i] for i in present]
@@ -276,7 +292,7 @@ def _is_locked(exc: BaseException) -> bool:
 class _Run:
     """What the store keeps for one batch it is recording."""
 
-    __slots__ = ("batch_id", "conn", "lock", "pending", "run_id", "seq", "unwritten")
+    __slots__ = ("batch_id", "conn", "lock", "pending", "run_id", "seq", "unwritten", "writing")
 
     def __init__(self, batch_id: str, conn: aiosqlite.Connection, run_id: int) -> None:
         self.batch_id = batch_id
@@ -284,8 +300,22 @@ class _Run:
         self.run_id = run_id
         self.lock = anyio.Lock()
         self.pending = ChunkBuilder()
-        self.unwritten: list[tuple[Any, ...]] = []  # chunks whose transaction failed
+        self.unwritten: list[tuple[Any, ...]] = []  # chunks not written yet, in order
         self.seq = 0
+        self.writing: asyncio.Future[None] | None = None  # the chunk write in flight
+
+    def seal(self) -> None:
+        """Queue the waiting per-file rows as the next chunk."""
+        if self.pending.n:
+            self.unwritten.append((self.run_id, self.seq, *self.pending.columns()))
+            self.seq += 1
+            self.pending = ChunkBuilder()
+
+    async def settle(self) -> None:
+        """Wait for the chunk write in flight; raise what it raised."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            await writing
 
 
 class Store:
@@ -363,20 +393,28 @@ class Store:
                 return
             await self._write(run, summary.to_dict(), metrics.state_dict(), None)
 
-    async def write_files(self, metrics: BatchMetrics, events: Sequence[Event]) -> None:
+    async def write_files(self, metrics: BatchMetrics, events: Sequence[Event],
+                          columns: Columns | None = None) -> None:
         """Queue per-file rows; write a chunk once ``flush_rows`` are waiting.
 
-        Called from the consumer task: while a chunk is written the consumer
-        waits, and so, once the buffer is full, do the producers (backpressure).
+        Called from the consumer task. A chunk is written while the consumer goes
+        on; if the next chunk is ready before it is done, the consumer waits, and
+        so, once their buffer is full, do the producers (backpressure).
         """
         run = self._runs.get(id(metrics))
         if run is None:
             raise RuntimeError(f"batch {metrics.batch_id!r} is not being recorded by {self!r}")
-        run.pending.add(events)
+        run.pending.add(events, columns)
         if run.pending.n >= self.flush_rows:
-            async with run.lock:
-                if run.pending.n >= self.flush_rows:
-                    await self._write(run, None, None, None)
+            # Written behind: the consumer goes on folding while aiosqlite's thread
+            # writes the chunk, and waits only if the previous one is still going.
+            await run.settle()
+            run.seal()
+            run.writing = asyncio.ensure_future(self._write_chunks(run))
+
+    async def _write_chunks(self, run: _Run) -> None:
+        async with run.lock:
+            await self._write(run, None, None, None)
 
     async def finish(
         self, metrics: BatchMetrics, summary: BatchMetricsSummary, outcome: str
@@ -386,6 +424,8 @@ class Store:
         if run is None:
             raise RuntimeError(f"batch {metrics.batch_id!r} is not being recorded by {self!r}")
         try:
+            with contextlib.suppress(Exception):  # a failed chunk stays queued: retried below
+                await run.settle()
             async with run.lock:
                 await self._write(run, summary.to_dict(), metrics.state_dict(), outcome)
         finally:
@@ -471,10 +511,7 @@ class Store:
         chunk and its count in ``runs.files_stored`` (by trigger) are written
         together or not at all. A chunk that failed stays queued for the next write.
         """
-        if run.pending.n:
-            run.unwritten.append((run.run_id, run.seq, *run.pending.columns()))
-            run.seq += 1
-            run.pending = ChunkBuilder()
+        run.seal()
         conn = run.conn
         while run.unwritten:
             await self._retry_locked(conn.execute, _INSERT_CHUNK, run.unwritten[0])
