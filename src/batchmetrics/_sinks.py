@@ -8,12 +8,15 @@ calls ``write`` with each aggregated batch, ``flush`` every ``interval`` and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import aiofiles
 import aiofiles.os
+import anyio
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from ._events import Event, FileRecord
@@ -64,6 +67,7 @@ class _FileSink:
         self._buf: list[bytes] = []
         self._size = 0
         self._file: AsyncBufferedIOBase | None = None
+        self._writing: asyncio.Future[None] | None = None  # the write in flight
         self._closed = False
         #: Rows written so far.
         self.rows = 0
@@ -98,15 +102,31 @@ class _FileSink:
             self._size += len(text)
         self.rows += len(records)
         if self._size >= self._limit:
-            await self._write_out()
+            await self._write_out(behind=True)
 
-    async def _write_out(self) -> None:
+    async def _settle(self) -> None:
+        """Wait for the write in flight; raise what it raised."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    async def _write_out(self, *, behind: bool = False) -> None:
+        """Write the buffer out, in order after the write in flight.
+
+        ``behind``: start the write (in aiofiles' thread) and return, so the
+        consumer goes on while the data is copied to the file; the next write,
+        flush or close waits for it first.
+        """
         f = await self._open()
+        await self._settle()
         if self._buf:
             pieces = self._buf
             self._buf = []
             self._size = 0
-            await f.writelines(pieces)
+            if behind:  # one piece, one write call: the thread takes the GIL back once
+                self._writing = asyncio.ensure_future(f.write(b"".join(pieces)))
+            else:
+                await f.writelines(pieces)
 
     async def flush(self) -> None:
         if self._closed:
@@ -122,8 +142,11 @@ class _FileSink:
             await self.flush()
         finally:
             self._closed = True
-            if self._file is not None:
-                await self._file.close()
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):  # failed: raised by flush already
+                    await self._settle()
+                if self._file is not None:
+                    await self._file.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
