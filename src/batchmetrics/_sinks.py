@@ -67,7 +67,7 @@ class _FileSink:
         self._buf: list[bytes] = []
         self._size = 0
         self._file: AsyncBufferedIOBase | None = None
-        self._writing: asyncio.Future[None] | None = None  # the write in flight
+        self._writing: asyncio.Future[int] | None = None  # the write in flight
         self._closed = False
         #: Rows written so far.
         self.rows = 0
