@@ -218,3 +218,19 @@ async def test_jsonl_sink_append_mode_keeps_earlier_runs(tmp_path: Path) -> None
         async with BatchMetrics(f"run{run}", sinks=[JsonlSink(log, append=True)]) as m:
             await _record_mix(m, 10)
     assert len(log.read_text(encoding="utf-8").splitlines()) == 20
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+async def test_a_write_that_fails_behind_the_consumer_is_raised_not_lost() -> None:
+    # /dev/full refuses every write (ENOSPC); a small buffer makes the sink write
+    # behind the consumer while the batch runs, and that failure must surface
+    metrics = BatchMetrics("disk-full", sinks=[JsonlSink("/dev/full", buffer_bytes=1024)],
+                           keep_files=False)
+    with anyio.fail_after(10), pytest.raises(RuntimeError, match="disk-full") as caught:  # noqa: PT012
+        async with metrics:
+            for i in range(20_000):
+                await metrics.record_file(f"f{i}.wfm", duration=0.01, samples=i)
+                if i % 100 == 0:
+                    await anyio.lowlevel.checkpoint()
+    assert "No space left on device" in str(caught.value)  # the write's own error
