@@ -14,7 +14,9 @@ from batchmetrics._store import (
     SCHEMA_VERSION,
     STALE_MIN_SECONDS,
     ChunkBuilder,
+    PackBuilder,
     decode_chunk,
+    decode_pack,
     derive_status,
     encode_chunk,
 )
@@ -211,21 +213,82 @@ async def test_file_rows_can_be_filtered_by_status_and_ranked_by_duration(db: Pa
 
 
 @pytest.mark.asyncio
-async def test_a_chunk_written_twice_counts_once(db: Path) -> None:
+async def test_a_pack_or_chunk_written_twice_counts_once(db: Path) -> None:
     store = Store(db)
     m = BatchMetrics("job-twice")
     await store.begin(m)
     run = store._runs[id(m)]
-    run.pending.add([("a", 1.0, 0.5, 1, 1, 1, 0, None, None, None)] * 3)
+    run.add([("a", 1.0, 0.5, 1, 1, 1, 0, None, None, None)] * 3, None)  # a pack
+    run.add([("b", 1.0, 0.5, 2**70, 1, 1, 0, None, None, None)] * 2, None)  # a chunk
+    run.seal()
+    copies = list(run.unwritten)
+    assert [statement.split()[4] for statement, _, _ in copies] == ["file_packs", "file_chunks"]
     await store._write(run, None, None, None)
-    run.unwritten.append((run.run_id, 0, *encode_chunk([("a", 1.0, 0.5, 1, 1, 1, 0, None, None,
-                                                         None)] * 3)))
-    await store.finish(m, m.summary(), "finished")  # writes the queued copy again
+    run.unwritten.extend(copies)  # as if their awaits had been cancelled after landing
+    await store.finish(m, m.summary(), "finished")  # writes the queued copies again
     with History(db) as history:
         run_info = history.get("job-twice")
         assert run_info is not None
-        assert run_info.files_stored == 3
-        assert len(list(history.files("job-twice"))) == 3
+        assert run_info.files_stored == 5
+        assert [r.filename for r in history.files("job-twice")] == ["a"] * 3 + ["b"] * 2
+
+
+def test_packs_round_trip_and_refuse_what_msgpack_cannot_hold() -> None:
+    events = [
+        ("plain.wfm", 1.5, 0.25, 10, 2, 30, 0, None, None, None),
+        ("ünïcødé/データ.wfm", 2.5, 0.5, 2**64 - 1, 0, 0, 0, None, None, 2**63),
+        ("nul\0inside", 3.5, 0.0, 0, 0, 0, 2, None, "dup", None),
+        ("", 5.5, 0.1, 0, 0, 0, 1, "OSError", "read failed", 7),
+    ]
+    builder = PackBuilder()
+    for i in range(0, 40, 2):  # 40 rows: more than a one-byte array header holds
+        assert builder.add([events[i % 4], events[(i + 1) % 4]])
+    assert builder.n == 40
+    assert [tuple(r) for r in decode_pack(40, builder.pack())] == events * 10
+    assert not builder.add([("big", 1.0, 0.5, 2**64, 0, 0, 0, None, None, None)])
+    assert not builder.add([("surrogate-\udcff", 1.0, 0.5, 1, 0, 0, 0, None, None, None)])
+    assert builder.n == 40  # refused batches add nothing
+    with pytest.raises(HistoryError, match="damaged"):
+        decode_pack(41, builder.pack())
+    with pytest.raises(HistoryError, match="damaged"):
+        decode_pack(40, builder.pack()[:-3])
+
+
+@pytest.mark.asyncio
+async def test_rows_msgpack_cannot_hold_are_stored_in_order_in_chunks(db: Path) -> None:
+    async with BatchMetrics("job-mixed", store=Store(db, flush_rows=5), store_files=True) as m:
+        for i in range(40):
+            if i % 7 == 3:
+                await m.record_file(f"huge-{i}", duration=0.5, samples=2**70)
+            elif i % 11 == 5:
+                await m.record_file(f"bad-\udcff-{i}", duration=0.25)
+            else:
+                await m.record_file(f"f{i}", duration=0.01 * i, samples=i)
+            if i % 3 == 0:
+                await m.snapshot()  # small batches: packs and chunks interleave
+    with History(db) as history:
+        stored = [FileMetrics.from_event(r).to_dict() for r in history.files("job-mixed")]
+    assert stored == m.get_file_metrics()
+
+
+@pytest.mark.asyncio
+async def test_a_version_1_file_is_migrated_and_its_chunks_still_read(db: Path) -> None:
+    async with BatchMetrics("old-run", store=db, store_files=True) as old:
+        for i in range(10):  # a lone surrogate in every name: all rows in column chunks
+            await old.record_file(f"old-\udcff-{i}", duration=0.1 * (i + 1))
+    with sqlite3.connect(db) as conn:  # back to schema 1: no file_packs table
+        conn.execute("DROP TABLE file_packs")
+        conn.execute("PRAGMA user_version = 1")
+    async with BatchMetrics("new-run", store=db, store_files=True) as new:
+        for i in range(10):
+            await new.record_file(f"new-{i}", duration=0.1)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    with History(db) as history:
+        assert [FileMetrics.from_event(r).to_dict() for r in history.files("old-run")] == \
+            old.get_file_metrics()
+        assert [FileMetrics.from_event(r).to_dict() for r in history.files("new-run")] == \
+            new.get_file_metrics()
 
 
 def test_chunks_round_trip_awkward_names_and_huge_numbers() -> None:
