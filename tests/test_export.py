@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -203,19 +205,40 @@ async def test_export_into_a_missing_folder_raises_export_error(
     assert _temp_files(tmp_path) == []
 
 
-@pytest.mark.asyncio
-async def test_export_failing_midway_leaves_the_previous_file_intact(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.csv"
+_FILL_THEN_FAIL = """
+import resource, signal, sys
+import anyio
+from batchmetrics import BatchMetrics, ExportError
+
+async def main(path: str) -> None:
     async with BatchMetrics() as m:
-        await _mixed(m, 10)
+        for i in range(10):
+            await m.record_file(f"f{i}.wfm", duration=0.1)
         await m.snapshot()
+        await m.export_csv(path)  # small: it fits under the limit below
+        for i in range(20_000):
+            await m.record_file(f"more-{i}.wfm", duration=0.1)
+    # files may not grow past 64 KiB from now on: a write past it fails (EFBIG)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+    try:
         await m.export_csv(path)
-        previous = path.read_bytes()
-        # a name decoded with surrogateescape (undecodable bytes from the file system)
-        # cannot be written as UTF-8: the CSV export fails after it has started writing
-        await m.record_file(os.fsdecode(b"bad-\xff.wfm"), duration=0.1)
-    with pytest.raises(ExportError) as info:
-        await m.export_csv(path)
-    assert str(path) in str(info.value)
-    assert path.read_bytes() == previous
+    except ExportError as exc:
+        print("ExportError:", exc)
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs RLIMIT_FSIZE")
+def test_export_failing_midway_leaves_the_previous_file_intact(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    done = subprocess.run([sys.executable, "-c", _FILL_THEN_FAIL, str(path)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    # the second export got past 64 KiB of its temp file, then failed
+    assert done.stdout.startswith("ExportError:"), done.stdout + done.stderr
+    assert "File too large" in done.stdout
+    assert str(path) in done.stdout
+    with path.open(newline="", encoding="utf-8") as f:  # the first export, whole
+        assert [r["filename"] for r in csv.DictReader(f)] == [f"f{i}.wfm" for i in range(10)]
     assert _temp_files(tmp_path) == []

@@ -234,3 +234,21 @@ async def test_a_write_that_fails_behind_the_consumer_is_raised_not_lost() -> No
                 if i % 100 == 0:
                     await anyio.lowlevel.checkpoint()
     assert "No space left on device" in str(caught.value)  # the write's own error
+
+
+@pytest.mark.asyncio
+async def test_undecodable_file_names_are_written_back_as_their_own_bytes(tmp_path: Path) -> None:
+    name = b"raw-\xff\xfe.wfm".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+    jsonl, csv_path, export = tmp_path / "f.jsonl", tmp_path / "f.csv", tmp_path / "e.csv"
+    async with BatchMetrics("raw", sinks=[JsonlSink(jsonl), CsvSink(csv_path)]) as m:
+        await m.record_file(name, duration=0.5, samples=3)
+        await m.record_error("ok.wfm", "OSError", f"cannot open {name}")
+    await m.export_csv(export)
+    for path in (csv_path, export):
+        assert b"raw-\xff\xfe.wfm" in path.read_bytes()
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["filename"] for r in rows] == [name, "ok.wfm"]
+        assert rows[1]["error_message"] == f"cannot open {name}"
+    lines = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").split("\n")[:-1]]
+    assert [row["filename"] for row in lines] == [name, "ok.wfm"]  # JSON escapes them

@@ -37,7 +37,10 @@ async def atomic_text_file(path: str | os.PathLike[str]) -> AsyncIterator[AsyncT
     target = os.fspath(path)
     tmp = _temp_path(target)
     try:
-        async with aiofiles.open(tmp, "w", encoding="utf-8", newline="") as f:
+        # surrogateescape: a file name read from undecodable bytes (os.listdir gives
+        # lone surrogates for them) is written back as those same bytes
+        async with aiofiles.open(tmp, "w", encoding="utf-8", errors="surrogateescape",
+                                 newline="") as f:
             yield f
             await f.flush()
             await anyio.to_thread.run_sync(os.fsync, f.fileno())

@@ -185,4 +185,5 @@ class CsvSink(_FileSink):
         return csv_header().encode("utf-8")
 
     def _render(self, records: Sequence[Event]) -> bytes:
-        return csv_rows(records).encode("utf-8")
+        # an undecodable file name (lone surrogates) is written back as its own bytes
+        return csv_rows(records).encode("utf-8", "surrogateescape")
