@@ -538,15 +538,14 @@ class Store:
         conn = await aiosqlite.connect(self.path, isolation_level=None,
                                        timeout=self.busy_timeout)
         try:
-            # (connect's timeout is the busy timeout.) Large pages: chunks of file rows are
+            # (connect's timeout is the busy timeout.) Large pages: packs of file rows are
             # big blobs, written with 5x less work than on 4 KiB pages; page_size takes
             # effect only when the file is created. One script: one hop to the thread.
-            await conn.executescript(
-                "PRAGMA page_size = 65536; PRAGMA synchronous = NORMAL; "
-                "PRAGMA foreign_keys = ON;")
             for attempt in range(5):  # switching to WAL can see a lock its busy wait skips
                 try:
-                    await conn.execute("PRAGMA journal_mode = WAL")
+                    await conn.executescript(  # every pragma here may run again
+                        "PRAGMA page_size = 65536; PRAGMA synchronous = NORMAL; "
+                        "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL;")
                     break
                 except sqlite3.OperationalError as exc:
                     if not _is_locked(exc) or attempt == 4:
@@ -630,9 +629,8 @@ class Store:
 
 
 async def _user_version(conn: aiosqlite.Connection) -> int:
-    async with conn.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
-    return int(row[0]) if row else 0
+    rows = list(await conn.execute_fetchall("PRAGMA user_version"))  # one hop to the thread
+    return int(rows[0][0]) if rows else 0
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
