@@ -40,9 +40,10 @@ FILE_COLUMNS: tuple[str, ...] = (
 )
 
 
-@lru_cache(maxsize=1024)
-def _second_prefix(second: int) -> str:
-    return datetime.fromtimestamp(second, tz=UTC).isoformat()[:-6]  # drop "+00:00"
+@lru_cache(maxsize=256)
+def _minute_prefix(minute: int) -> str:
+    """``YYYY-MM-DDTHH:MM:`` of a minute since the epoch."""
+    return datetime.fromtimestamp(minute * 60, tz=UTC).isoformat()[:17]
 
 
 def iso_timestamp(ts: float) -> str:
@@ -59,9 +60,10 @@ def iso_timestamp(ts: float) -> str:
     if us >= 1_000_000:
         second += 1
         us -= 1_000_000
+    minute, sec = divmod(second, 60)
     if us:
-        return f"{_second_prefix(second)}.{us:06d}+00:00"
-    return f"{_second_prefix(second)}+00:00"
+        return f"{_minute_prefix(minute)}{sec:02d}.{us:06d}+00:00"
+    return f"{_minute_prefix(minute)}{sec:02d}+00:00"
 
 
 def file_row_dict(ev: Event) -> dict[str, Any]:
@@ -127,10 +129,16 @@ _G = [itemgetter(i) for i in range(10)]
 # table of the (few) distinct minutes, the seconds and microseconds from digit
 # tables, then the bytes are decoded once and split into strings.
 _ISO_TEMPLATE = np.frombuffer(b"0000-00-00T00:00:00.000000+00:00\n", dtype=np.uint8)
-_DIGITS2 = np.frombuffer("".join(map("{:02d}".format, range(100))).encode(), np.uint8)
-_DIGITS2 = _DIGITS2.reshape(100, 2)
-_DIGITS3 = np.frombuffer("".join(map("{:03d}".format, range(1000))).encode(), np.uint8)
-_DIGITS3 = _DIGITS3.reshape(1000, 3)
+
+
+def _digit_table(width: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """Row ``i``: the ASCII digits of ``i``, zero-padded to ``width``."""
+    text = "".join(f"{i:0{width}d}" for i in range(10**width))
+    return np.frombuffer(text.encode("ascii"), np.uint8).reshape(10**width, width)
+
+
+_DIGITS2 = _digit_table(2)
+_DIGITS3 = _digit_table(3)
 _YEAR_10000 = 253_402_300_800.0  # datetime's limit: later times go the row-by-row way
 
 
@@ -170,19 +178,6 @@ def iso_timestamps(times: Sequence[float]) -> list[str | None]:
     return out
 
 
-@lru_cache(maxsize=256)
-def _minute_prefix(minute: int) -> str:
-    """``YYYY-MM-DDTHH:MM:`` of a minute since the epoch."""
-    return datetime.fromtimestamp(minute * 60, tz=UTC).isoformat()[:17]
-
-
-def _iso_column(times: list[float], quote: str) -> list[str]:
-    """ISO strings of timestamps quoted with ``quote`` (a zero: JSON ``null`` or empty)."""
-    null = "null" if quote else ""
-    fmt = f"{quote}%s{quote}".__mod__
-    return [null if iso is None else fmt(iso) for iso in iso_timestamps(times)]
-
-
 def _split_plain(events: Sequence[Event]) -> tuple[list[Event], bytearray | None]:
     """The plain events (optional fields all None, a usable duration), and a mask if any are not."""
     # durations of 0 (no rate) or under 1e-280 s (samples / duration overflows to inf)
@@ -204,8 +199,8 @@ def _plain_rows(events: list[Event]) -> Iterator[tuple[Any, ...]]:
     samples = list(map(_G[3], events))
     return zip(
         map(_G[0], events),
-        _iso_column(list(map(sub, ends, durations)), ""),
-        _iso_column(ends, ""),
+        iso_timestamps(list(map(sub, ends, durations))),  # csv writes None as empty
+        iso_timestamps(ends),
         durations, samples, map(_G[4], events),
         map(STATUS_NAMES.__getitem__, map(_G[6], events)),
         repeat(None, n), repeat(None, n), repeat(None, n),
@@ -262,8 +257,13 @@ _ENCODER = msgspec.json.Encoder()
 
 def jsonl_lines(events: Sequence[Event]) -> str:
     """Events as JSON Lines text, each line parsing to ``file_row_dict(ev)``."""
+    return jsonl_bytes(events).decode("utf-8")
+
+
+def jsonl_bytes(events: Sequence[Event]) -> bytes:
+    """``jsonl_lines`` as UTF-8, as it is encoded (for writers of bytes)."""
     if not events:
-        return ""
+        return b""
     names = list(map(_G[0], events))
     ends = list(map(_G[1], events))
     durations = list(map(_G[2], events))
@@ -276,10 +276,10 @@ def jsonl_lines(events: Sequence[Event]) -> str:
         map(_G[8], events), map(_G[9], events), rates, map(_G[5], events)))
     if math.inf not in rates:  # msgspec writes inf as null; json.dumps as Infinity
         try:
-            return _ENCODER.encode_lines(rows).decode("utf-8")
+            return _ENCODER.encode_lines(rows)
         except UnicodeEncodeError:  # a lone surrogate (an undecodable file name)
             pass
-    return "".join([file_row_json(ev) + "\n" for ev in events])
+    return "".join([file_row_json(ev) + "\n" for ev in events]).encode("ascii")
 
 
 def log_lines(events: Sequence[Event]) -> bytes:

@@ -20,7 +20,7 @@ import anyio
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from ._events import Event, FileRecord
-from ._render import csv_header, csv_rows, jsonl_lines, log_lines
+from ._render import csv_header, csv_rows, jsonl_bytes, log_lines
 
 
 @runtime_checkable
@@ -159,7 +159,7 @@ class JsonlSink(_FileSink):
     ``end_ts`` in seconds since the epoch, no derived fields), encoded in C: cheap
     enough to log every file of a fast batch. ``full=True`` writes the export rows
     instead, keys and values as ``get_file_metrics()`` (ISO ``start_time`` and
-    ``end_time``, ``samples_per_second``), at about twice the cost per row.
+    ``end_time``, ``samples_per_second``), at about three times the cost per row.
 
     Buffered (``buffer_bytes``), flushed every ``interval`` and at exit. The file
     is truncated at the first write unless ``append=True``.
@@ -174,7 +174,7 @@ class JsonlSink(_FileSink):
 
     def _render(self, records: Sequence[Event]) -> bytes:
         if self.full:
-            return jsonl_lines(records).encode("utf-8")
+            return jsonl_bytes(records)
         return log_lines(records)
 
 
