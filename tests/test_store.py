@@ -218,8 +218,8 @@ async def test_a_pack_or_chunk_written_twice_counts_once(db: Path) -> None:
     m = BatchMetrics("job-twice")
     await store.begin(m)
     run = store._runs[id(m)]
-    run.add([("a", 1.0, 0.5, 1, 1, 1, 0, None, None, None)] * 3, None)  # a pack
-    run.add([("b", 1.0, 0.5, 2**70, 1, 1, 0, None, None, None)] * 2, None)  # a chunk
+    run.add([("a", 1.0, 0.5, 1, 1, 1, 0, None, None, None)] * 3)  # a pack
+    run.add([("b", 1.0, 0.5, 2**70, 1, 1, 0, None, None, None)] * 2)  # a chunk
     run.seal()
     copies = list(run.unwritten)
     assert [statement.split()[4] for statement, _, _ in copies] == ["file_packs", "file_chunks"]

@@ -179,7 +179,7 @@ class Aggregate:
         k = self.slowest_k
         slowest = self.slowest
         full = len(slowest) >= k
-        if full and max(durations) <= slowest[0][0]:
+        if full and (max(durations) if values is None else values.max()) <= slowest[0][0]:
             return
         if values is not None and full:  # only the few above the current floor
             above = np.flatnonzero(values > slowest[0][0]).tolist()

@@ -416,7 +416,7 @@ class BatchMetrics:
                         records = [FileRecord._make(ev) for ev in batch]
                     await sink.write(records)
         if self._store is not None and self._store_files:
-            await self._store.write_files(self, batch, columns)
+            await self._store.write_files(self, batch)
 
     async def _fold_with_markers(self, items: list[Any]) -> None:
         events: list[Event] = []

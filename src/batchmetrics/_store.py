@@ -282,12 +282,12 @@ class ChunkBuilder:
         # error type, error message, memory peak: ([row, ...], [value, ...]) of the non-null
         self._extras: tuple[tuple[list[int], list[Any]], ...] = (([], []), ([], []), ([], []))
 
-    def add(self, events: Sequence[Event], columns: Columns | None = None) -> None:
-        """Pack ``events`` onto the columns (``columns``: theirs, if already pulled out)."""
+    def add(self, events: Sequence[Event]) -> None:
+        """Pack ``events`` onto the columns."""
         n = len(events)
         if not n:
             return
-        cols = Columns(events) if columns is None else columns
+        cols = Columns(events)
         names = list(map(_NAME, events))
         self._names.append("".join(names).encode("utf-8", "surrogatepass"))
         self._lengths.append(_pack("q", list(map(len, names))))
@@ -386,12 +386,12 @@ class _Run:
         self.seq = 0
         self.writing: asyncio.Future[None] | None = None  # the write in flight
 
-    def add(self, events: Sequence[Event], columns: Columns | None) -> None:
+    def add(self, events: Sequence[Event]) -> None:
         """Take per-file rows: onto the pack, or, those msgpack cannot hold, as a chunk."""
         if not self.pending.add(events):
             self.seal()  # rows stay in order: the pack so far, then these
             chunk = ChunkBuilder()
-            chunk.add(events, columns)
+            chunk.add(events)
             self.unwritten.append((_INSERT_CHUNK, (self.run_id, self.seq, *chunk.columns()),
                                    chunk.n))
             self.seq += 1
@@ -490,8 +490,7 @@ class Store:
                 return
             await self._write(run, summary.to_dict(), metrics.state_dict(), None)
 
-    async def write_files(self, metrics: BatchMetrics, events: Sequence[Event],
-                          columns: Columns | None = None) -> None:
+    async def write_files(self, metrics: BatchMetrics, events: Sequence[Event]) -> None:
         """Queue per-file rows; write a chunk once ``flush_rows`` are waiting.
 
         Called from the consumer task. A chunk is written while the consumer goes
@@ -501,7 +500,7 @@ class Store:
         run = self._runs.get(id(metrics))
         if run is None:
             raise RuntimeError(f"batch {metrics.batch_id!r} is not being recorded by {self!r}")
-        run.add(events, columns)
+        run.add(events)
         if run.waiting() >= self.flush_rows:
             # Written behind: the consumer goes on folding while aiosqlite's thread
             # writes the chunk, and waits only if the previous one is still going.
