@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-from collections.abc import Sequence
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -12,7 +19,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from batchmetrics import BatchMetrics, CsvSink, FileRecord, JsonlSink
+from batchmetrics import BatchMetrics, CsvSink, FileRecord, JsonlSink, _sinks
 from batchmetrics._render import LOG_COLUMNS
 from batchmetrics.testing import MemorySink
 
@@ -252,3 +259,103 @@ async def test_undecodable_file_names_are_written_back_as_their_own_bytes(tmp_pa
         assert rows[1]["error_message"] == f"cannot open {name}"
     lines = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").split("\n")[:-1]]
     assert [row["filename"] for row in lines] == [name, "ok.wfm"]  # JSON escapes them
+
+
+def _records(n: int) -> list[FileRecord]:
+    return [FileRecord(f"dir/f{i:05d}.wfm", 1_790_000_000.0 + i / 7, 0.001 * (i % 13 + 1),
+                       i, i % 5, 2 * i, 0, None, None, None) for i in range(n)]
+
+
+@pytest.mark.asyncio
+async def test_a_sink_fed_one_record_at_a_time_writes_every_line_in_order(
+        tmp_path: Path) -> None:
+    # a slow pipeline hands the sink one record per batch: thousands of small pieces
+    # wait in the buffer, more than one writev call may take, and all must land in order
+    path = tmp_path / "one-by-one.jsonl"
+    sink = JsonlSink(path, buffer_bytes=4 << 20)
+    records = _records(5000)
+    for record in records:
+        await sink.write([record])
+    await sink.aclose()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["filename"] for line in lines] == [r.filename for r in records]
+    assert sink.rows == 5000
+
+
+_SHORT_WRITE = """
+import resource, signal, sys
+import anyio
+from batchmetrics import FileRecord, JsonlSink
+
+async def main(full: str, limited: str) -> None:
+    records = [FileRecord(f"dir/f{i:05d}.wfm", 1.79e9 + i, 0.01, i, 1, i, 0, None, None, None)
+               for i in range(4000)]
+    sink = JsonlSink(full)
+    await sink.write(records)
+    await sink.aclose()
+    # from now on a file may not grow past 64 KiB + 5 bytes: the kernel writes up to
+    # the limit (a short write), and only the next write fails (EFBIG)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, ((1 << 16) + 5, (1 << 16) + 5))
+    sink = JsonlSink(limited)
+    await sink.write(records)
+    try:
+        await sink.aclose()
+    except OSError as exc:
+        print("OSError:", exc.strerror)
+
+anyio.run(main, *sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs RLIMIT_FSIZE")
+def test_a_write_past_a_file_size_limit_surfaces_and_keeps_the_log_start(
+        tmp_path: Path) -> None:
+    full, limited = tmp_path / "full.jsonl", tmp_path / "limited.jsonl"
+    done = subprocess.run([sys.executable, "-c", _SHORT_WRITE, str(full), str(limited)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout == "OSError: File too large\n", done.stdout + done.stderr
+    # what did get written is exactly the start of the log: nothing repeated, nothing skipped
+    assert limited.read_bytes() == full.read_bytes()[:(1 << 16) + 5]
+    assert full.stat().st_size > 4 * (1 << 16)
+
+
+@contextlib.contextmanager
+def _slow_pipe() -> Iterator[tuple[int, bytearray]]:
+    """A pipe drained slowly by a thread, while SIGALRM interrupts this thread every 5 ms.
+
+    A blocking write interrupted by a signal after some bytes went through returns
+    that count: the kernel's short write, many times over.
+    """
+    read_fd, write_fd = os.pipe()
+    got = bytearray()
+
+    def drain() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # for the writer only
+        while chunk := os.read(read_fd, 4096):
+            got.extend(chunk)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=drain)
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    thread.start()
+    signal.setitimer(signal.ITIMER_REAL, 0.005, 0.005)
+    try:
+        yield write_fd, got
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        os.close(write_fd)
+        thread.join()
+        os.close(read_fd)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux pipes and signals")
+def test_short_writes_go_on_where_they_stopped() -> None:
+    pieces = [bytes([65 + i % 26]) * (100 + 13 * i) for i in range(300)] + [b""] * 3
+    expected = b"".join(pieces)
+    with _slow_pipe() as (fd, _):  # the case under test does happen: a call sends a part
+        assert 0 < os.writev(fd, pieces) < len(expected)
+    with _slow_pipe() as (fd, got):
+        _sinks._write_all(fd, pieces)
+    assert bytes(got) == expected
