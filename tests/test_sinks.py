@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import signal
@@ -356,6 +357,49 @@ def test_short_writes_go_on_where_they_stopped() -> None:
     expected = b"".join(pieces)
     with _slow_pipe() as (fd, _):  # the case under test does happen: a call sends a part
         assert 0 < os.writev(fd, pieces) < len(expected)
-    with _slow_pipe() as (fd, got):
-        _sinks._write_all(fd, pieces)
+    with _slow_pipe() as (fd, got), io.FileIO(fd, "w", closefd=False) as pipe:
+        _sinks._write_all(pipe, pieces)
     assert bytes(got) == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.asyncio
+async def test_a_write_stuck_past_the_exit_deadline_finishes_in_its_own_file(
+        tmp_path: Path) -> None:
+    # The log goes to a pipe nobody reads yet (a hung disk, as the batch sees it):
+    # the final write blocks, the exit gives up after shutdown_timeout, and the file
+    # must stay open under the write still running in aiofiles' thread. Closed, its
+    # descriptor number could go to the next file opened, and the rest of the log
+    # with it.
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # there, but not reading yet
+    metrics = BatchMetrics("stuck", sinks=[JsonlSink(fifo, buffer_bytes=1 << 24)],
+                           keep_files=False, interval=3600, shutdown_timeout=0.3)
+    got = bytearray()
+
+    def drain() -> None:
+        os.set_blocking(reader, True)
+        while chunk := os.read(reader, 1 << 16):
+            got.extend(chunk)
+
+    other = -1
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="did not finish draining"):  # noqa: PT012
+            async with metrics:
+                for i in range(20_000):  # batches of 10: more pieces than a writev takes
+                    await metrics.record_file(f"dir/f{i:05d}.wfm", duration=0.01, samples=i)
+                    if i % 10 == 9:
+                        await anyio.lowlevel.checkpoint()
+        assert time.monotonic() - t0 < 5  # the exit kept its deadline
+        other = os.open(tmp_path / "other.bin", os.O_WRONLY | os.O_CREAT)  # the next file
+    finally:  # read the pipe in any case: the stuck write must end for the test to end
+        with anyio.fail_after(30):
+            await anyio.to_thread.run_sync(drain)  # until the sink closes the pipe
+        os.close(reader)
+        if other >= 0:
+            os.close(other)
+    assert (tmp_path / "other.bin").read_bytes() == b""
+    lines = got.decode("utf-8").splitlines()
+    assert [json.loads(line)["samples"] for line in lines] == list(range(20_000))

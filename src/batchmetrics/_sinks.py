@@ -9,8 +9,8 @@ calls ``write`` with each aggregated batch, ``flush`` every ``interval`` and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
+import io
 import os
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -18,7 +18,6 @@ from typing import Protocol, runtime_checkable
 import aiofiles
 import aiofiles.os
 import anyio
-from aiofiles.threadpool.binary import AsyncFileIO
 
 from ._events import Event, FileRecord
 from ._render import csv_header, csv_rows, jsonl_bytes, log_lines
@@ -54,14 +53,16 @@ _SLICE = 512
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 
-def _write_all(fd: int, pieces: list[bytes]) -> None:
-    """Write ``pieces`` to ``fd`` in order, in as few system calls as the kernel allows.
+def _write_all(file: io.FileIO, pieces: list[bytes]) -> None:
+    """Write ``pieces`` to ``file`` in order, in as few system calls as the kernel allows.
 
-    Runs in aiofiles' thread. ``writev`` gathers the pieces without joining them into
-    one large buffer (fresh pages from the OS, costlier than the copy) and releases
-    the GIL once per call. A short write (a full disk, a file size limit) goes on
-    from where it stopped, so the error, if any, comes from the next call.
+    Runs in aiofiles' thread, and holds ``file`` while it runs (see ``aclose``).
+    ``writev`` gathers the pieces without joining them into one large buffer (fresh
+    pages from the OS, costlier than the copy) and releases the GIL once per call.
+    A short write (a full disk, a file size limit) goes on from where it stopped,
+    so the error, if any, comes from the next call.
     """
+    fd = file.fileno()
     if not hasattr(os, "writev"):  # Windows
         for piece in pieces:
             view = memoryview(piece)
@@ -73,7 +74,7 @@ def _write_all(fd: int, pieces: list[bytes]) -> None:
         group = views[:_IOV_MAX]
         written = os.writev(fd, group)
         if not written:  # not for a regular file; never loop on it
-            raise OSError(errno.EIO, f"writev to fd {fd} wrote nothing")
+            raise OSError(errno.EIO, f"writev to {file.name!r} wrote nothing")
         done = 0
         for part in group:
             if written < len(part):
@@ -85,8 +86,10 @@ def _write_all(fd: int, pieces: list[bytes]) -> None:
             views[0] = memoryview(views[0])[written:]
 
 
-#: ``_write_all`` in aiofiles' executor, as aiofiles runs its own calls.
+# Blocking calls in aiofiles' executor, as aiofiles runs its own.
+_open_async = aiofiles.os.wrap(io.FileIO)
 _write_all_async = aiofiles.os.wrap(_write_all)
+_close_async = aiofiles.os.wrap(io.FileIO.close)
 
 
 class _FileSink:
@@ -105,7 +108,7 @@ class _FileSink:
         self._limit = buffer_bytes
         self._buf: list[bytes] = []
         self._size = 0
-        self._file: AsyncFileIO | None = None
+        self._file: io.FileIO | None = None  # unbuffered: this sink buffers
         self._writing: asyncio.Future[None] | None = None  # the write in flight
         self._closed = False
         #: Rows written so far.
@@ -117,7 +120,7 @@ class _FileSink:
     def _render(self, records: Sequence[Event]) -> bytes:
         raise NotImplementedError
 
-    async def _open(self) -> AsyncFileIO:
+    async def _open(self) -> io.FileIO:
         if self._file is None:
             existed = False
             if self._append:
@@ -125,9 +128,7 @@ class _FileSink:
                     existed = await aiofiles.os.path.getsize(self.path) > 0
                 except FileNotFoundError:
                     existed = False
-            # unbuffered: the sink buffers, and writes whole buffers with writev
-            self._file = await aiofiles.open(self.path, "ab" if self._append else "wb",
-                                             buffering=0)
+            self._file = await _open_async(self.path, "a" if self._append else "w")
             if not existed:
                 self._buf.insert(0, self._header())
         return self._file
@@ -146,10 +147,18 @@ class _FileSink:
             await self._write_out(behind=True)
 
     async def _settle(self) -> None:
-        """Wait for the write in flight; raise what it raised."""
-        writing, self._writing = self._writing, None
+        """Wait for the write in flight; raise what it raised.
+
+        Shielded: a cancelled wait leaves the write running in its thread, and
+        still here for ``aclose``, which must not close the file under it.
+        """
+        writing = self._writing
         if writing is not None:
-            await writing
+            try:
+                await asyncio.shield(writing)
+            finally:
+                if writing.done():
+                    self._writing = None
 
     async def _write_out(self, *, behind: bool = False) -> None:
         """Write the buffer out, in order after the write in flight.
@@ -164,11 +173,9 @@ class _FileSink:
             pieces = self._buf
             self._buf = []
             self._size = 0
-            writing = _write_all_async(f.fileno(), pieces)
-            if behind:
-                self._writing = asyncio.ensure_future(writing)
-            else:
-                await writing
+            self._writing = asyncio.ensure_future(_write_all_async(f, pieces))
+            if not behind:
+                await self._settle()
 
     async def flush(self) -> None:
         """Write the buffer out: unbuffered, what is written is what readers see."""
@@ -177,17 +184,25 @@ class _FileSink:
         await self._write_out()
 
     async def aclose(self) -> None:
+        """Flush and close the file.
+
+        A write still running when the batch's exit deadline cancels this (a hung
+        disk) keeps the file open until it ends: closed under it, the descriptor's
+        number could go to the next file opened, and the rest of the write with it.
+        """
         if self._closed:
             return
         try:
             await self.flush()
         finally:
             self._closed = True
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(Exception):  # failed: raised by flush already
-                    await self._settle()
-                if self._file is not None:
-                    await self._file.close()
+            f, self._file = self._file, None
+            writing = self._writing
+            if f is not None and writing is not None and not writing.done():
+                writing.add_done_callback(lambda _: f.close())
+            elif f is not None:
+                with anyio.CancelScope(shield=True):
+                    await _close_async(f)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
