@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import anyio
+import anyio.to_thread
+import numpy as np
 import pytest
 
-from batchmetrics import BatchMetrics
+from batchmetrics import BatchMetrics, JsonlSink
 
 
 class _Case:
@@ -162,3 +167,60 @@ async def test_counts_beyond_int64_are_recorded_without_breaking_the_batch() -> 
     assert [r["samples"] for r in rows] == [1, big, 2]
     assert rows[1]["bytes_processed"] == 2**80
     assert rows[1]["measurements"] == big + 1
+
+
+def _error_fields(row: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return row["filename"], row.get("error_type"), row.get("error_message")
+
+
+@pytest.mark.asyncio
+async def test_str_subclasses_are_recorded_as_plain_str_through_sinks_store_and_export(
+    tmp_path: Path,
+) -> None:
+    # numpy.str_ (names from an array or a DataFrame column) used to kill the consumer:
+    # msgspec cannot encode a str subclass, so the sink, the store and export_json failed
+    names = np.array(["a.wfm", "b.wfm", "c.wfm", "d.wfm", "e.wfm", "f.wfm"])
+    etype, emsg = np.str_("OSError"), np.str_("disk full")
+    log = tmp_path / "files.jsonl"
+    async with BatchMetrics(sinks=[JsonlSink(log)], store=tmp_path / "history.db",
+                            store_files=True) as m:
+        await m.record_file(names[0], duration=0.5, samples=3)
+        await m.record_file(names[1], duration=0.5, status="error", error_type=etype,
+                            error_message=emsg)
+        await m.record_error(names[2], "OSError", "disk full")
+        await m.record_skip(names[3], reason="dup")
+        async with m.track(names[4]):
+            pass
+        await anyio.to_thread.run_sync(functools.partial(
+            m.record_error_threadsafe, names[5], etype, emsg))
+        await m.snapshot()
+        await m.record_file("plain.wfm", duration=0.5)  # the consumer is still alive
+    assert m.summary().total_files == 7
+    expected = [("a.wfm", None, None), ("b.wfm", "OSError", "disk full"),
+                ("c.wfm", "OSError", "disk full"), ("d.wfm", None, "dup"),
+                ("e.wfm", None, None), ("f.wfm", "OSError", "disk full"),
+                ("plain.wfm", None, None)]
+    rows = m.get_file_metrics()
+    assert [_error_fields(r) for r in rows] == expected
+    assert all(type(v) is str for r in rows for v in _error_fields(r) if v is not None)
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert [_error_fields(json.loads(line)) for line in lines] == expected
+    path = tmp_path / "metrics.json"
+    await m.export_json(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["files"] == rows
+    assert data["summary"]["errors"]["by_type"] == {"OSError": 3}
+
+
+@pytest.mark.asyncio
+async def test_str_subclass_error_strings_of_record_error_and_record_skip_are_recorded(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "files.jsonl"
+    async with BatchMetrics(sinks=[JsonlSink(log)]) as m:
+        await m.record_error("a.wfm", np.str_("OSError"), np.str_("disk full"))
+        await m.record_skip("b.wfm", reason=np.str_("dup"))
+    expected = [("a.wfm", "OSError", "disk full"), ("b.wfm", None, "dup")]
+    assert [_error_fields(r) for r in m.get_file_metrics()] == expected
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert [_error_fields(json.loads(line)) for line in lines] == expected

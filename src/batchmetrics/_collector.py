@@ -605,7 +605,8 @@ class BatchMetrics:
             if not isinstance(error_type, str):
                 raise TypeError(f"error_type must be a str, got {type(error_type).__name__} "
                                 f"{error_type!r}")
-            check_optional_str(error_message, "error_message")
+            error_type = str.__str__(error_type)  # a str subclass, e.g. numpy.str_: plain
+            error_message = check_optional_str(error_message, "error_message")
             filename, duration = check_filename(filename), check_duration(duration)
         ev = (filename, self._clock(), duration, 0, 0, 0, ERROR, error_type, error_message, None)
         chunk = self._chunk
@@ -619,7 +620,7 @@ class BatchMetrics:
         if reason.__class__ is not str or filename.__class__ is not str or not filename:
             if not isinstance(reason, str):
                 raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
-            filename = check_filename(filename)
+            filename, reason = check_filename(filename), str.__str__(reason)
         ev = (filename, self._clock(), 0.0, 0, 0, 0, SKIPPED, None, reason, None)
         chunk = self._chunk
         if chunk is not None and len(chunk) < _CHUNK:

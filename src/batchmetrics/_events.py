@@ -81,11 +81,17 @@ class Columns:
 
 
 def check_filename(filename: object) -> str:
-    """A non-empty ``str`` (a ``PathLike`` of ``str`` is turned into one)."""
-    if isinstance(filename, os.PathLike):
-        filename = os.fspath(filename)
-    if not isinstance(filename, str):
-        raise TypeError(f"filename must be a str or os.PathLike, got {filename!r}")
+    """A non-empty plain ``str`` (a ``PathLike`` or ``str`` subclass is turned into one).
+
+    Subclasses (``numpy.str_``, ...) are stored as plain ``str``: msgspec cannot encode them.
+    """
+    if type(filename) is not str:
+        if isinstance(filename, os.PathLike):
+            filename = os.fspath(filename)
+        if not isinstance(filename, str):
+            raise TypeError(f"filename must be a str or os.PathLike, got "
+                            f"{type(filename).__name__} {filename!r}")
+        filename = str.__str__(filename)  # the characters, whatever the subclass's __str__
     if not filename:
         raise ValueError("filename must not be empty, got ''")
     return filename
@@ -124,9 +130,12 @@ def check_count(value: object, field: str) -> int:
 
 
 def check_optional_str(value: object, field: str) -> str | None:
-    if value is not None and not isinstance(value, str):
+    """``None`` or a plain ``str`` (a ``str`` subclass is turned into one)."""
+    if value is None or type(value) is str:
+        return value
+    if not isinstance(value, str):
         raise TypeError(f"{field} must be a str or None, got {type(value).__name__} {value!r}")
-    return value
+    return str.__str__(value)
 
 
 def check_status(status: object) -> int:
