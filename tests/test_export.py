@@ -242,3 +242,36 @@ def test_export_failing_midway_leaves_the_previous_file_intact(tmp_path: Path) -
     with path.open(newline="", encoding="utf-8") as f:  # the first export, whole
         assert [r["filename"] for r in csv.DictReader(f)] == [f"f{i}.wfm" for i in range(10)]
     assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["json", "csv"])
+async def test_cancelled_export_leaves_the_previous_file_and_no_temp_file(
+    tmp_path: Path, kind: str
+) -> None:
+    # the temp file's removal used to be cancelled along with the export
+    path = tmp_path / f"metrics.{kind}"
+    path.write_text("previous export", encoding="utf-8")
+    async with BatchMetrics() as m:
+        for i in range(50_000):
+            await m.record_file(f"batch/{i:05d}.wfm", duration=0.001, samples=i)
+    export: Any = m.export_json if kind == "json" else m.export_csv
+    for _ in range(5):  # where the cancellation lands varies: try a few places
+        scope = anyio.CancelScope()
+
+        async def run_export(scope: anyio.CancelScope = scope) -> None:
+            with scope:
+                await export(path)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_export)
+            with anyio.fail_after(30):  # the export is midway once its temp file exists
+                while not _temp_files(tmp_path):  # noqa: ASYNC110 (polls the folder)
+                    await anyio.sleep(0.001)
+            scope.cancel()
+        assert scope.cancelled_caught
+        assert _temp_files(tmp_path) == []
+        assert path.read_text(encoding="utf-8") == "previous export"
+    await export(path)  # a later export still works
+    assert path.read_text(encoding="utf-8") != "previous export"
+    assert _temp_files(tmp_path) == []

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiofiles
 import aiofiles.os
+import anyio
 import anyio.to_thread
 from aiofiles.threadpool.text import AsyncTextIOWrapper
 
@@ -37,16 +38,23 @@ async def atomic_text_file(path: str | os.PathLike[str]) -> AsyncIterator[AsyncT
     target = os.fspath(path)
     tmp = _temp_path(target)
     try:
-        # surrogateescape: a file name read from undecodable bytes (os.listdir gives
-        # lone surrogates for them) is written back as those same bytes
-        async with aiofiles.open(tmp, "w", encoding="utf-8", errors="surrogateescape",
-                                 newline="") as f:
+        # Opening, closing and removing the temp file are shielded (bounded, local):
+        # a cancelled export leaves neither an open file nor a temp file behind.
+        with anyio.CancelScope(shield=True):
+            # surrogateescape: a file name read from undecodable bytes (os.listdir gives
+            # lone surrogates for them) is written back as those same bytes
+            f = await aiofiles.open(tmp, "w", encoding="utf-8", errors="surrogateescape",
+                                    newline="")
+        try:
             yield f
             await f.flush()
             await anyio.to_thread.run_sync(os.fsync, f.fileno())
+        finally:
+            with anyio.CancelScope(shield=True):
+                await f.close()
         await aiofiles.os.replace(tmp, target)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
+        with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
             await aiofiles.os.remove(tmp)
         if isinstance(exc, Exception):
             raise ExportError(f"could not write {target!r}: {exc}") from exc
