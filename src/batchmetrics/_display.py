@@ -69,7 +69,8 @@ class RichDisplay:
         )
 
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            # the description is the user's batch id: shown as written, never parsed as markup
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
