@@ -260,6 +260,41 @@ def test_compare_json_reports_every_measure(
     assert measures["files"]["a"] == summaries["nightly-001"]["total_files"]
 
 
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"not JSON: {token}")
+
+
+def test_compare_json_is_strict_json_when_errors_appear_from_none(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        for batch_id, errors in (("clean", 0), ("broken", 3)):
+            async with BatchMetrics(batch_id, store=db) as m:
+                for i in range(40):
+                    await m.record_file(f"f{i}", duration=0.01 * (1 + i % 4), samples=10)
+                for i in range(errors):
+                    await m.record_error(f"e{i}", "OSError", "read failed", duration=0.01)
+
+    anyio.run(build)
+    result = cli("compare", "clean", "broken", "--json", "--fail-on-regression", "10", db=db)
+    assert result.returncode == 1  # errors from none: infinitely worse
+    report = json.loads(result.stdout, parse_constant=_reject_constant)
+    rate = {m["measure"]: m for m in report["measures"]}["error rate"]
+    assert rate["a"] == 0.0
+    assert rate["b"] == pytest.approx(100 * 3 / 43)
+    assert rate["change_percent"] is None
+    assert rate["worse_percent"] is None
+    assert rate["regression"] is True
+    assert report["regressions"] == ["error rate +inf%"]
+    text = cli("compare", "clean", "broken", db=db)
+    assert "+inf%" in {line.split("  ")[0]: line for line in text.stdout.splitlines()}[
+        "error rate"]
+    back = cli("compare", "broken", "clean", "--json", db=db)  # errors gone: -100%, a number
+    assert back.returncode == 0, back.stderr
+    measures = json.loads(back.stdout, parse_constant=_reject_constant)["measures"]
+    assert {m["measure"]: m for m in measures}["error rate"]["change_percent"] == -100.0
+
+
 # -- watch ----------------------------------------------------------------------------------------
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -147,3 +151,119 @@ def test_cli_merge_refuses_files_without_a_state(tmp_path: Path) -> None:
         assert message in result.stderr
         assert "Traceback" not in result.stderr
         assert not (tmp_path / "out.json").exists()
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real export_json file's content (with errors, skips and slow files), as a dict."""
+    path = tmp_path_factory.mktemp("export") / "shard.json"
+
+    async def run() -> None:
+        async with BatchMetrics("shard") as m:
+            await record(m, range(60))
+        await m.export_json(path)
+
+    anyio.run(run)
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _set(key: str, value: object) -> Callable[[dict[str, Any]], None]:
+    def damage(state: dict[str, Any]) -> None:
+        state[key] = value
+    return damage
+
+
+def _set_in(key: str, inner: str, value: object) -> Callable[[dict[str, Any]], None]:
+    def damage(state: dict[str, Any]) -> None:
+        state[key][inner] = value
+    return damage
+
+
+def _drop(key: str) -> Callable[[dict[str, Any]], None]:
+    def damage(state: dict[str, Any]) -> None:
+        del state[key]
+    return damage
+
+
+# case: (the field the message starts with, how it shows the value, the damage)
+DAMAGED_STATES: dict[str, tuple[str, str, Callable[[dict[str, Any]], None]]] = {
+    "by_type is a list": ("by_type", "[]", _set("by_type", [])),
+    "by_type count negative": ("by_type['OSError']", "-3", _set_in("by_type", "OSError", -3)),
+    "error_messages is a list": ("error_messages", "[]", _set("error_messages", [])),
+    "error messages are a string": ("error_messages['OSError']", "'read failed'",
+                                    _set_in("error_messages", "OSError", "read failed")),
+    "slowest_k is infinite": ("slowest_k", "inf", _set("slowest_k", math.inf)),
+    "slowest_k is negative": ("slowest_k", "-1", _set("slowest_k", -1)),
+    "slowest_k is a bool": ("slowest_k", "True", _set("slowest_k", True)),
+    "slowest_k is a string": ("slowest_k", "'10'", _set("slowest_k", "10")),
+    "total_files is a float": ("total_files", "1.5", _set("total_files", 1.5)),
+    "busy_seconds is a string": ("busy_seconds", "'1.5'", _set("busy_seconds", "1.5")),
+    "busy_seconds is infinite": ("busy_seconds", "inf", _set("busy_seconds", math.inf)),
+    "timing is a list": ("timing", "[]", _set("timing", [])),
+    "timing count is negative": ("timing", "-1", _set_in("timing", "count", -1)),
+    "sketch is null": ("sketch", "None", _set("sketch", None)),
+    "sketch has a bad precision": ("sketch", "99", _set_in("sketch", "mantissa_bits", 99)),
+    "sketch count is infinite": ("sketch", "infinity", _set_in("sketch", "zero_count", math.inf)),
+    "slowest is an object": ("slowest", "{}", _set("slowest", {})),
+    "slowest has a bad status": ("slowest[0]", "[0.5, 'f1', 'bogus']",
+                                 _set("slowest", [[0.5, "f1", "bogus"]])),
+    "slowest has a negative time": ("slowest[0][0]", "-0.5",
+                                    _set("slowest", [[-0.5, "f1", "success"]])),
+    "start_ts is a string": ("start_ts", "'yesterday'", _set("start_ts", "yesterday")),
+    "end_ts is missing": ("end_ts", "missing", _drop("end_ts")),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_STATES))
+def test_cli_merge_of_a_damaged_state_is_one_line_naming_the_field(
+        case: str, export: dict[str, Any], tmp_path: Path) -> None:
+    field, shown, damage = DAMAGED_STATES[case]
+    data = json.loads(json.dumps(export))
+    damage(data["state"])
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(json.dumps(data))  # inf is written as Infinity, as Python reads it
+    (tmp_path / "good.json").write_text(json.dumps(export))
+    out = tmp_path / "out.json"
+    result = cli("merge", tmp_path / "good.json", damaged, "-o", out)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"batchmetrics: cannot merge {damaged}: bad aggregate state: {field}")
+    assert shown in line.split(field, 1)[1]
+    assert not out.exists()
+
+
+def cli_with_umask(umask: int, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The console script run by ``sh`` after ``umask``."""
+    return subprocess.run(["sh", "-c", f'umask {umask:03o} && exec "$0" "$@"', str(SCRIPT),
+                           *map(str, args)], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umask are POSIX")
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_cli_merge_output_mode_follows_the_umask(
+        umask: int, export: dict[str, Any], tmp_path: Path) -> None:
+    (tmp_path / "in.json").write_text(json.dumps(export))
+    out = tmp_path / "out.json"
+    result = cli_with_umask(umask, "merge", tmp_path / "in.json", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert json.loads(out.read_text())["summary"]["total_files"] == 60
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umask are POSIX")
+@pytest.mark.parametrize(("mode", "umask"), [(0o644, 0o077), (0o640, 0o022), (0o600, 0o022)])
+def test_cli_merge_keeps_the_mode_of_the_file_it_replaces(
+        mode: int, umask: int, export: dict[str, Any], tmp_path: Path) -> None:
+    (tmp_path / "in.json").write_text(json.dumps(export))
+    out = tmp_path / "out.json"
+    out.write_text("old report\n")
+    out.chmod(mode)
+    result = cli_with_umask(umask, "merge", tmp_path / "in.json", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+    assert json.loads(out.read_text())["summary"]["total_files"] == 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json", "out.json"]  # no temp left

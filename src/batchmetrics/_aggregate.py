@@ -8,11 +8,12 @@ batches exactly; ``to_state``/``from_state`` give the stable JSON form;
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +42,8 @@ from ._summary import (
 )
 
 STATE_VERSION = 1
+
+_T = TypeVar("_T")
 
 
 #: ``bytes.translate`` tables over status codes: success -> 1, error -> 1, others -> 0.
@@ -269,7 +272,7 @@ class Aggregate:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Aggregate:
-        """Rebuild from ``to_state()``; ``ValueError`` names what is wrong."""
+        """Rebuild from ``to_state()``; ``ValueError`` names the bad field and its value."""
         if not isinstance(state, dict):
             raise TypeError(f"aggregate state must be a dict, got {type(state).__name__}")
         version = state.get("version")
@@ -277,25 +280,40 @@ class Aggregate:
             raise ValueError(f"aggregate state version {version!r} is not supported "
                              f"(this batchmetrics reads version {STATE_VERSION})")
         try:
-            agg = cls(slowest_k=int(state.get("slowest_k", 10)))
-            for key in ("total_files", "processed_count", "error_count", "skip_count",
-                        "samples", "measurements"):
-                setattr(agg, key, _count(state[key], key))
-            agg.total_bytes = _count(state["bytes_processed"], "bytes_processed")
-            agg.busy_seconds = float(state["busy_seconds"])
-            agg.timing = RunningStats.from_state(state["timing"])
-            agg.sketch = QuantileSketch.from_state(state["sketch"])
-            agg.by_type = {str(k): _count(v, "by_type") for k, v in state["by_type"].items()}
-            agg.error_messages = {str(k): [str(m) for m in v]
-                                  for k, v in state["error_messages"].items()}
-            codes = {name: code for code, name in enumerate(STATUS_NAMES)}
-            for d, name, status in state["slowest"]:
-                agg._slow_seq += 1
-                heapq.heappush(agg.slowest, (float(d), agg._slow_seq, str(name), codes[status]))
-            agg.start_ts = None if state["start_ts"] is None else float(state["start_ts"])
-            agg.end_ts = None if state["end_ts"] is None else float(state["end_ts"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"bad aggregate state: {exc!r}") from exc
+            return cls._from_checked_state(state)
+        except ValueError as exc:
+            raise ValueError(f"bad aggregate state: {exc}") from exc
+        except (KeyError, TypeError, AttributeError, OverflowError) as exc:  # a missed case
+            raise ValueError(f"bad aggregate state: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _from_checked_state(cls, state: dict[str, Any]) -> Aggregate:
+        agg = cls(slowest_k=_count(state.get("slowest_k", 10), "slowest_k"))
+        for key in ("total_files", "processed_count", "error_count", "skip_count",
+                    "samples", "measurements"):
+            setattr(agg, key, _count(_field(state, key), key))
+        agg.total_bytes = _count(_field(state, "bytes_processed"), "bytes_processed")
+        agg.busy_seconds = _seconds(_field(state, "busy_seconds"), "busy_seconds")
+        agg.timing = _nested(RunningStats.from_state, state, "timing")
+        agg.sketch = _nested(QuantileSketch.from_state, state, "sketch")
+        agg.by_type = {_name(k, "by_type"): _count(v, f"by_type[{k!r}]")
+                       for k, v in _mapping(state, "by_type").items()}
+        agg.error_messages = {_name(k, "error_messages"): _messages(v, f"error_messages[{k!r}]")
+                              for k, v in _mapping(state, "error_messages").items()}
+        codes = {name: code for code, name in enumerate(STATUS_NAMES)}
+        slowest = _field(state, "slowest")
+        if not isinstance(slowest, list):
+            raise ValueError(f"slowest must be a list, got {_show(slowest)}")
+        for i, item in enumerate(slowest):
+            if not (isinstance(item, list | tuple) and len(item) == 3 and isinstance(item[1], str)
+                    and item[2] in codes):
+                raise ValueError(f"slowest[{i}] must be [seconds, filename, one of "
+                                 f"{', '.join(STATUS_NAMES)}], got {_show(item)}")
+            d = _seconds(item[0], f"slowest[{i}][0]")
+            agg._slow_seq += 1
+            heapq.heappush(agg.slowest, (d, agg._slow_seq, item[1], codes[item[2]]))
+        agg.start_ts = _timestamp(_field(state, "start_ts"), "start_ts")
+        agg.end_ts = _timestamp(_field(state, "end_ts"), "end_ts")
         return agg
 
     def __eq__(self, other: object) -> bool:
@@ -423,10 +441,69 @@ def _pick(fn: Any, a: float | None, b: float | None) -> float | None:
     return float(fn(a, b))
 
 
+def _show(value: Any) -> str:
+    """``repr(value)``, cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field(state: dict[str, Any], name: str) -> Any:
+    if name not in state:
+        raise ValueError(f"{name} is missing")
+    return state[name]
+
+
 def _count(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        raise ValueError(f"{name} must be an int >= 0, got {_show(value)}")
     return value
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _seconds(value: Any, name: str) -> float:
+    if not _number(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {_show(value)}")
+    return float(value)
+
+
+def _timestamp(value: Any, name: str) -> float | None:
+    if value is not None and not _number(value):
+        raise ValueError(f"{name} must be a finite number or null, got {_show(value)}")
+    return None if value is None else float(value)
+
+
+def _name(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} keys must be strings, got {_show(value)}")
+    return value
+
+
+def _mapping(state: dict[str, Any], name: str) -> dict[Any, Any]:
+    value = _field(state, name)
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object, got {_show(value)}")
+    return value
+
+
+def _messages(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(m, str) for m in value):
+        raise ValueError(f"{name} must be a list of strings, got {_show(value)}")
+    return list(value)
+
+
+def _nested(build: Callable[[dict[str, Any]], _T], state: dict[str, Any], name: str) -> _T:
+    """``build(state[name])``, its errors (whatever their type) named after the field."""
+    value = _mapping(state, name)
+    try:
+        return build(value)
+    except KeyError as exc:
+        raise ValueError(f"{name} has no {exc}") from exc
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise ValueError(f"{name}: {exc}") from exc
 
 
 def merge_states(states: Iterable[dict[str, Any]]) -> Aggregate:

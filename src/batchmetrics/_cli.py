@@ -14,19 +14,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import errno
 import importlib.util
 import json
 import logging
 import math
 import os
+import secrets
+import stat
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from ._aggregate import Aggregate, merge_states
+from ._aggregate import Aggregate
 from ._events import STATUS_NAMES, FileRecord
 from ._render import json_text
 from ._store import History, HistoryError, StoredRun
@@ -391,7 +393,13 @@ def worse_by(m: Measure, change: float | None) -> float:
     return -change if m.higher_is_better else change
 
 
+def _finite(x: float | None) -> float | None:
+    """``x``, or ``None`` (JSON null) when it is not a finite number."""
+    return x if x is not None and math.isfinite(x) else None
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
+    """Print the table (or JSON; a percentage with no finite value is null) and gate."""
     with open_history(args) as history:
         run_a, run_b = get_run(history, args.a), get_run(history, args.b)
     a, b = run_summary(run_a), run_summary(run_b)
@@ -405,12 +413,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             flag = "REGRESSION"
             regressions.append(f"{m.name} {fmt_change(change)}")
         rows.append([m.name, m.show(va), m.show(vb), fmt_change(change), flag])
-        report.append({"measure": m.name, "a": va, "b": vb, "change_percent": change,
-                       "worse_percent": worse, "gated": m.gated, "regression": bool(flag)})
+        report.append({"measure": m.name, "a": _finite(va), "b": _finite(vb),
+                       "change_percent": _finite(change), "worse_percent": _finite(worse),
+                       "gated": m.gated, "regression": bool(flag)})
     if args.json:
         print(json.dumps({"a": run_a.batch_id, "b": run_b.batch_id, "measures": report,
                           "fail_on_regression": args.fail_on_regression,
-                          "regressions": regressions}, indent=2))
+                          "regressions": regressions}, indent=2, allow_nan=False))
     else:
         print_table(["", run_a.batch_id, run_b.batch_id, "CHANGE", ""], rows, right=(1, 2, 3))
         for run in (run_a, run_b):
@@ -494,11 +503,29 @@ def _read_state(path: str) -> tuple[str, dict[str, Any]]:
     return str(batch_id), data["state"]
 
 
+def _new_temp(folder: str, base: str) -> tuple[int, str]:
+    """A new file beside the target, mode ``0o666 & ~umask`` (the kernel applies the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) \
+        | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", folder)
+
+
 def write_atomic(path: str, text: str) -> None:
-    """Replace ``path`` with ``text``: a temp file beside it, fsync, ``os.replace``."""
+    """Replace ``path`` with ``text``: a temp file beside it, fsync, ``os.replace``.
+
+    The result keeps the mode of the file it replaces; a new file gets ``0o666 & ~umask``.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = _new_temp(folder, os.path.basename(path))
     try:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -512,10 +539,15 @@ def write_atomic(path: str, text: str) -> None:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     states = [_read_state(p) for p in args.inputs]
-    try:
-        agg = merge_states(state for _, state in states)
-    except ValueError as exc:
-        raise CliError(f"cannot merge: {exc}") from None
+    aggs = []
+    for path, (_, state) in zip(args.inputs, states, strict=True):
+        try:
+            aggs.append(Aggregate.from_state(state))
+        except ValueError as exc:
+            raise CliError(f"cannot merge {path}: {exc}") from None
+    agg = aggs[0]
+    for other in aggs[1:]:
+        agg.merge(other)
     batch_id = args.batch_id or "+".join(bid for bid, _ in states)
     text = json_text({"summary": agg.to_summary(batch_id).to_dict(), "state": agg.to_state()})
     if args.output in (None, "-"):
@@ -638,7 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 when B is worse than A by more than PCT percent in files/s, "
                         "p50, p90, p99 or error rate (errors appearing where A had none "
                         "count as infinitely worse)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON; change_percent and worse_percent are null when A is 0 "
+                        "(no percentage: see a, b and regression)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("watch", parents=[common], help="follow a running batch",
