@@ -461,3 +461,55 @@ async def test_keep_files_false_memory_does_not_grow_with_files() -> None:
             tracemalloc.stop()
         assert (await m.snapshot()).total_files == 5_050 + 101_000
     assert growth < 64 * 1024, growth
+
+
+class _HungSink:
+    """A sink whose writes never end (a hung network disk)."""
+
+    async def write(self, records: object) -> None:
+        await anyio.sleep_forever()
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_the_exit_keeps_its_shutdown_timeout_and_says_it_timed_out() -> None:
+    m = BatchMetrics("hung", sinks=[_HungSink()], shutdown_timeout=1.0)
+    t0 = anyio.current_time()
+    with pytest.raises(TimeoutError, match=r"'hung' did not finish draining within 1\.0 s"):
+        async with m:
+            await m.record_file("a.wfm", duration=0.1)
+    assert anyio.current_time() - t0 < 1.5  # one deadline for draining and closing the sinks
+    assert m.summary().state == "finished"
+
+
+@pytest.mark.asyncio
+async def test_after_the_consumer_failed_every_record_call_raises() -> None:
+    # no call may return as if recorded once the consumer is gone
+    m = BatchMetrics("dead", sinks=[_FailingSink()])
+    returned = 0
+    with pytest.raises(RuntimeError, match="consumer of batch 'dead' failed: OSError"):  # noqa: PT012
+        async with m:
+            with pytest.raises(RuntimeError, match="its consumer failed"):  # noqa: PT012
+                for i in range(10_000):
+                    await m.record_file(f"f{i}.wfm", duration=0.1)
+                    returned += 1
+                    await anyio.lowlevel.checkpoint()
+    # the calls that returned are the ones the consumer folded; the next one raised
+    assert 0 < returned < 10_000
+    assert m.summary().total_files == returned
+
+
+class _FailingSink:
+    async def write(self, records: object) -> None:
+        raise OSError("disk full")
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass

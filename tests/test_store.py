@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -380,3 +383,41 @@ def test_a_running_run_on_another_host_is_interrupted_once_its_checkpoints_stop(
     assert derive_status("running", "far", 1, 10.0, 100.0, stale, "here") == "running"
     for ended in ("finished", "failed", "cancelled"):
         assert derive_status(ended, "far", 1, 1.0, 100.0, 1e9, "here") == ended
+
+
+_HUNG_EXIT = """
+import sys
+import anyio
+from batchmetrics import BatchMetrics
+
+class HungSink:
+    async def write(self, records): await anyio.sleep_forever()
+    async def flush(self): pass
+    async def aclose(self): pass
+
+async def main(db, summary):
+    try:
+        async with BatchMetrics("hung", sinks=[HungSink()], store=db, summary_path=summary,
+                                shutdown_timeout=0.5, interval=0.1) as m:
+            await m.record_file("a.wfm", duration=0.1)
+            await anyio.sleep(0.3)
+    except TimeoutError as exc:
+        print("TimeoutError:", exc)
+
+anyio.run(main, *sys.argv[1:])
+"""
+
+
+def test_a_batch_that_times_out_at_exit_still_ends_its_run_and_lets_the_process_exit(
+        tmp_path: Path) -> None:
+    # The exit gives up on a hung sink: the store must still record the run's end
+    # and close its connection, whose thread would otherwise keep the process alive.
+    db, summary = tmp_path / "h.db", tmp_path / "summary.json"
+    done = subprocess.run([sys.executable, "-c", _HUNG_EXIT, str(db), str(summary)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.startswith("TimeoutError: batch 'hung' did not finish draining")
+    with History(db) as history:
+        run = history.get("hung")
+    assert run is not None
+    assert (run.status, run.summary["total_files"]) == ("failed", 1)
+    assert json.loads(summary.read_text(encoding="utf-8"))["state"] == "finished"

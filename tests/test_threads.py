@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from batchmetrics import BatchMetrics
+from batchmetrics import BatchMetrics, FileRecord
 
 
 @pytest.mark.asyncio
@@ -180,3 +182,94 @@ async def test_timed_decorator_records_each_call_like_track() -> None:
     assert rows["bad.wfm"]["status"] == "error"
     assert rows["bad.wfm"]["error_type"] == "ValueError"
     assert rows["job-7"]["status"] == "success"
+
+
+def _record_from_thread(m: BatchMetrics, n: int, pause: float = 0.0) -> None:
+    for i in range(n):
+        m.record_file_threadsafe(f"f{i}", duration=0.001)
+        if pause:
+            time.sleep(pause)
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_body_while_a_thread_records_neither_hangs_nor_loses() -> None:
+    # The body waits for a worker thread that still records when the body is
+    # cancelled; the inbox is small, so the thread depends on the loop emptying it.
+    m = BatchMetrics("cancelled-with-thread", buffer_size=64, shutdown_timeout=5)
+    with anyio.fail_after(30):
+        with anyio.move_on_after(0.05):
+            async with m:
+                await anyio.to_thread.run_sync(_record_from_thread, m, 2000, 0.0002)
+    assert m.summary().total_files == 2000
+
+
+class _SlowFirstWrite:
+    """A sink whose first write takes 0.6 s, whatever happens (a slow disk): the stream fills."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.first = True
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        if self.first:
+            self.first = False
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.6)
+        self.rows += len(records)
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_events_from_threads_survive_a_cancelled_body_and_a_cancelled_snapshot() -> None:
+    # The loop hands thread events to a full stream while the body, or a snapshot
+    # under a timeout, is cancelled: what the threads recorded must all arrive.
+    sink = _SlowFirstWrite()
+    m = BatchMetrics("body", sinks=[sink])
+    with anyio.move_on_after(0.3):
+        async with m:
+            await anyio.to_thread.run_sync(_record_from_thread, m, 6000)
+            await anyio.sleep(10)
+    assert (m.summary().total_files, sink.rows) == (6000, 6000)
+
+    sink = _SlowFirstWrite()
+    m = BatchMetrics("snapshot", sinks=[sink])
+    async with m:
+        await anyio.to_thread.run_sync(_record_from_thread, m, 6000)
+        with anyio.move_on_after(0.1) as scope:
+            await m.snapshot()
+        assert scope.cancelled_caught
+    assert (m.summary().total_files, sink.rows) == (6000, 6000)
+
+
+class _FailingSink:
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        raise OSError("disk full")
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_threads_learn_at_once_that_the_consumer_failed() -> None:
+    m = BatchMetrics("dead", sinks=[_FailingSink()], buffer_size=64)
+    returned = 0
+
+    def work() -> None:
+        nonlocal returned
+        for i in range(5000):
+            m.record_file_threadsafe(f"f{i}", duration=0.001)
+            returned += 1
+
+    with anyio.fail_after(30), pytest.raises(RuntimeError, match="disk full"):  # noqa: PT012
+        async with m:
+            with pytest.raises(RuntimeError, match="its consumer failed: OSError"):
+                await anyio.to_thread.run_sync(work)
+    assert returned < 5000  # the calls after the failure raised instead of returning

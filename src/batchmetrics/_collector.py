@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("batchmetrics")
 
 _INF = math.inf
+#: Seconds the exit still gives the summary file and the store after its deadline.
+_GRACE = 2.0
 _CHUNK = 256
 _PUMP_PERIOD = 0.002  # seconds between pump passes while threads record
 _P = ParamSpec("_P")
@@ -108,7 +110,9 @@ class BatchMetrics:
         display: show live progress on the terminal (``rich`` if installed, else a log line).
         rate_window: seconds of the sliding window for recent rates and the ETA.
         slowest: how many of the slowest files the summary lists.
-        shutdown_timeout: the longest the exit may take to drain and finish its outputs.
+        shutdown_timeout: the longest the exit may take to drain and finish its outputs;
+            past it the exit raises ``TimeoutError``, after a few more seconds at most
+            to write the summary file and end the run in the store as far as they can.
         clock: wall-clock function (seconds since the epoch); inject one in tests.
     """
 
@@ -176,6 +180,8 @@ class BatchMetrics:
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._consumer_done = anyio.Event()
         self._consumer_scope: anyio.CancelScope | None = None
+        self._pump_scope: anyio.CancelScope | None = None
+        self._exit_deadline: float | None = None  # set when the exit starts; see __aexit__
         self._consumer_error: BaseException | None = None
         self._start_error: BaseException | None = None
         self._started = anyio.Event()
@@ -262,10 +268,12 @@ class BatchMetrics:
         else:
             self._outcome = "failed"
         problem: BaseException | None = None
+        self._exit_deadline = anyio.current_time() + self._shutdown_timeout
         with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(self._shutdown_timeout) as scope:
+            with anyio.CancelScope(deadline=self._exit_deadline) as scope:
                 self._inbox.close()
                 await self._pump_once()  # what threads recorded before the exit
+                self._stop_pump()
                 send.close()
                 await self._consumer_done.wait()
                 self._agg.end_ts = self._clock()
@@ -274,12 +282,14 @@ class BatchMetrics:
                 self._finished.set()
                 problem = await self._finish_outputs()
             if scope.cancelled_caught:
+                self._stop_pump()
                 if self._consumer_scope is not None:
                     self._consumer_scope.cancel()
                 problem = TimeoutError(
                     f"batch {self.batch_id!r} did not finish draining within "
                     f"{self._shutdown_timeout} s"
                 )
+                await self._finish_after_timeout()
         tg.cancel_scope.cancel()  # the ticker; the consumer is done unless timed out
         await tg.__aexit__(None, None, None)
         if self._agg.end_ts is None:
@@ -327,9 +337,40 @@ class BatchMetrics:
                 await self._store.finish(self, final, self._outcome)
             except Exception as exc:
                 problem = problem or exc
-        if self._display_obj is not None:
-            self._display_obj.close(final)
+        self._close_display(final)
         return problem
+
+    async def _finish_after_timeout(self) -> None:
+        """After the exit's deadline: the summary file and the store row, as far as
+        they get in a short grace period, and the store's connection closed in any case
+        (its thread would keep the process alive)."""
+        if self._final is None:
+            self._agg.end_ts = self._clock()
+            self._state = BatchState.FINISHED
+            self._final = self._make_summary()
+            self._finished.set()
+        final = self._final
+        with anyio.move_on_after(_GRACE):
+            if self._summary_path is not None:
+                with contextlib.suppress(Exception):
+                    await write_text_atomic(self._summary_path, json_text(final.to_dict()))
+        if self._store is not None:
+            try:
+                outcome = "cancelled" if self._outcome == "cancelled" else "failed"
+                await self._store.abandon(self, final, outcome, grace=_GRACE)
+            except Exception:
+                logger.warning("batchmetrics: the store of batch %r could not record its "
+                               "end after the timeout", self.batch_id, exc_info=True)
+        self._close_display(final)
+
+    def _close_display(self, final: BatchMetricsSummary) -> None:
+        if self._display_obj is not None:
+            display, self._display_obj = self._display_obj, None
+            try:
+                display.close(final)
+            except Exception:
+                logger.warning("batchmetrics: closing the display of batch %r failed",
+                               self.batch_id, exc_info=True)
 
     _display_obj: Any = None
 
@@ -346,11 +387,19 @@ class BatchMetrics:
             self._consumer_scope = scope
             try:
                 await self._consume_stream()
+            except anyio.get_cancelled_exc_class():
+                if not scope.cancel_called:
+                    raise
+                # the exit's deadline stopped it: reported as the exit's TimeoutError
             except BaseException as exc:
                 self._consumer_error = exc
                 logger.error("batchmetrics consumer of batch %r failed", self.batch_id,
-                             exc_info=not isinstance(exc, anyio.get_cancelled_exc_class()))
+                             exc_info=True)
             finally:
+                # Nothing may be added for it any more: the open chunk is no longer on a
+                # stream it reads, and threads must not wait for a pump it no longer feeds.
+                self._chunk = None
+                self._inbox.close()
                 await self._close_sinks()
                 self._consumer_done.set()
                 if self._room is not None:  # producers waiting for room learn it has ended
@@ -438,7 +487,10 @@ class BatchMetrics:
 
     async def _close_sinks(self) -> None:
         """Flush and close every sink, also after a failure; the first error is kept."""
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._shutdown_timeout):
+        deadline = self._exit_deadline
+        if deadline is None:  # the consumer failed while the batch ran
+            deadline = anyio.current_time() + self._shutdown_timeout
+        with anyio.CancelScope(shield=True, deadline=deadline):
             for sink in self._sinks:
                 try:
                     await sink.aclose()
@@ -469,7 +521,12 @@ class BatchMetrics:
                 logger.warning("batchmetrics: periodic output of batch %r failed",
                                self.batch_id, exc_info=True)
             if self._display_obj is not None:
-                self._display_obj.update(summary)
+                try:
+                    self._display_obj.update(summary)
+                except Exception:
+                    logger.warning("batchmetrics: the display of batch %r failed; it is off "
+                                   "from now on", self.batch_id, exc_info=True)
+                    self._display_obj = None
 
     # -- recording ----------------------------------------------------------------------
 
@@ -741,27 +798,54 @@ class BatchMetrics:
                 anyio.from_thread.run_sync(self._inbox_used.set, token=self._token)
 
     async def _pump(self) -> None:
-        """Move events from the thread inbox to the stream while threads record."""
-        await self._inbox_used.wait()
-        period = _PUMP_PERIOD
-        while self._state is BatchState.RUNNING:
-            busy = len(self._inbox) > 0
-            await self._pump_once()
-            # poll often while threads record, less while they are quiet
-            period = _PUMP_PERIOD if busy else min(period * 2, 0.05)
-            await anyio.sleep(period)
+        """Move events from the thread inbox to the stream while threads record.
 
-    async def _pump_once(self) -> None:
-        # one pump at a time, so a snapshot that pumps waits for a send under way
-        async with self._pump_lock:
+        Shielded, as the consumer: cancelling the batch body must not leave a
+        thread blocked on a full inbox that nobody empties (the body may be waiting
+        for that thread). The exit stops it after its last pump.
+        """
+        with anyio.CancelScope(shield=True) as scope:
+            self._pump_scope = scope
+            await self._inbox_used.wait()
+            period = _PUMP_PERIOD
+            while self._state is BatchState.RUNNING:
+                busy = len(self._inbox) > 0
+                if not await self._pump_once():
+                    return
+                # poll often while threads record, less while they are quiet
+                period = _PUMP_PERIOD if busy else min(period * 2, 0.05)
+                await anyio.sleep(period)
+
+    def _stop_pump(self) -> None:
+        self._inbox_used.set()  # a pump not started yet finds the batch finishing, and ends
+        if self._pump_scope is not None:
+            self._pump_scope.cancel()
+
+    async def _pump_once(self) -> bool:
+        """Hand what threads recorded to the stream; ``False`` once it is closed.
+
+        As ``_send_when_room``: waits for room, then sends without waiting, so a
+        cancelled pump has taken nothing from the inbox.
+        """
+        async with self._pump_lock:  # one at a time: a snapshot waits for a pump under way
             send = self._send_for_pump
             inbox = self._inbox
             while len(inbox):
                 events = inbox.take(_CHUNK)
                 try:
-                    await send.send(events)
-                finally:
-                    inbox.done(len(events))
+                    send.send_nowait(events)
+                except WouldBlock:
+                    inbox.put_back(events)
+                    room = self._room
+                    if room is None:
+                        room = self._room = anyio.Event()
+                    await room.wait()
+                    continue
+                except (BrokenResourceError, ClosedResourceError):
+                    inbox.put_back(events)  # the consumer is gone: the exit reports why
+                    return False
+                inbox.done(len(events))
+            return True
 
     # -- reading ------------------------------------------------------------------------
 

@@ -529,6 +529,32 @@ class Store:
             with anyio.CancelScope(shield=True):
                 await run.conn.close()
 
+    async def abandon(self, metrics: BatchMetrics, summary: BatchMetricsSummary, outcome: str,
+                      *, grace: float) -> None:
+        """``finish`` for a batch whose exit ran out of time: what ``grace`` seconds allow.
+
+        The connection's thread is stopped in any case (it would keep the process
+        alive); a statement stuck in SQLite's busy wait is interrupted.
+        """
+        run = self._runs.pop(id(metrics), None)
+        if run is None:
+            return
+        with anyio.CancelScope(shield=True):
+            written = False
+            with anyio.move_on_after(grace):
+                with contextlib.suppress(Exception):  # a failed chunk stays queued
+                    await run.settle()
+                async with run.lock:
+                    await self._write(run, summary.to_dict(), metrics.state_dict(), outcome)
+                written = True
+            if written:
+                with anyio.move_on_after(grace):
+                    await run.conn.close()
+                    return
+            with contextlib.suppress(Exception):
+                await run.conn.interrupt()
+            run.conn.stop()  # its thread ends after the statements queued
+
     # -- the writes ------------------------------------------------------------------------
 
     async def _connect(self) -> aiosqlite.Connection:

@@ -54,6 +54,10 @@ class ThreadInbox:
             pass
         return out
 
+    def put_back(self, events: list[Event]) -> None:
+        """Return events taken but not handed on, to the front, in their order."""
+        self._events.extendleft(reversed(events))
+
     def done(self, count: int) -> None:
         """Give back ``count`` slots once their events are on the stream."""
         for _ in range(count):
