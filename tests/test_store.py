@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import anyio
@@ -421,3 +422,32 @@ def test_a_batch_that_times_out_at_exit_still_ends_its_run_and_lets_the_process_
     assert run is not None
     assert (run.status, run.summary["total_files"]) == ("failed", 1)
     assert json.loads(summary.read_text(encoding="utf-8"))["state"] == "finished"
+
+
+def _store_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+
+
+@pytest.mark.asyncio
+async def test_the_exit_keeps_its_deadline_while_another_writer_holds_the_lock(db: Path) -> None:
+    # Another connection (another process, as SQLite sees it) holds the write lock
+    # past the batch's shutdown_timeout: the final write waits in SQLite's busy wait,
+    # and the exit must not wait the busy timeout out.
+    other: sqlite3.Connection | None = None
+    m = BatchMetrics("locked", store=Store(db, busy_timeout=10.0), shutdown_timeout=1.0,
+                     interval=60)
+    try:
+        with pytest.raises(TimeoutError, match="did not finish draining"):  # noqa: PT012
+            async with m:
+                await m.record_file("a.wfm", duration=0.1)
+                other = sqlite3.connect(db, isolation_level=None)
+                other.execute("BEGIN IMMEDIATE")
+                t0 = anyio.current_time()
+        assert anyio.current_time() - t0 < 2.5
+    finally:
+        if other is not None:
+            other.execute("ROLLBACK")
+            other.close()
+        with anyio.fail_after(15):  # the store's thread ends once the lock is free
+            while _store_threads():  # noqa: ASYNC110  (a thread ending sets no event)
+                await anyio.sleep(0.05)

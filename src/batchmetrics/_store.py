@@ -519,15 +519,20 @@ class Store:
         run = self._runs.get(id(metrics))
         if run is None:
             raise RuntimeError(f"batch {metrics.batch_id!r} is not being recorded by {self!r}")
+        written = False
         try:
             with contextlib.suppress(Exception):  # a failed chunk stays queued: retried below
                 await run.settle()
             async with run.lock:
                 await self._write(run, summary.to_dict(), metrics.state_dict(), outcome)
+            written = True
         finally:
             del self._runs[id(metrics)]
-            with anyio.CancelScope(shield=True):
-                await run.conn.close()
+            if written:
+                with anyio.CancelScope(shield=True):
+                    await run.conn.close()
+            else:  # failed, or cancelled by the exit's deadline: never wait behind a
+                await _let_go(run.conn)  # statement stuck in SQLite's busy wait
 
     async def abandon(self, metrics: BatchMetrics, summary: BatchMetricsSummary, outcome: str,
                       *, grace: float) -> None:
@@ -551,9 +556,7 @@ class Store:
                 with anyio.move_on_after(grace):
                     await run.conn.close()
                     return
-            with contextlib.suppress(Exception):
-                await run.conn.interrupt()
-            run.conn.stop()  # its thread ends after the statements queued
+            await _let_go(run.conn)
 
     # -- the writes ------------------------------------------------------------------------
 
@@ -656,6 +659,22 @@ class Store:
 async def _user_version(conn: aiosqlite.Connection) -> int:
     rows = list(await conn.execute_fetchall("PRAGMA user_version"))  # one hop to the thread
     return int(rows[0][0]) if rows else 0
+
+
+async def _let_go(conn: aiosqlite.Connection) -> None:
+    """Stop a connection without waiting long: a running statement is interrupted,
+    and the thread closes the connection and ends after what is queued.
+
+    Waits a moment for that (SQLite notices the interrupt between its busy-wait
+    sleeps), so the thread does not report to an event loop that is gone.
+    """
+    with contextlib.suppress(Exception):
+        await conn.interrupt()  # no thread hop: runs even in a cancelled scope
+    stopped = conn.stop()
+    if stopped is not None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(0.5), \
+                contextlib.suppress(Exception):
+            await stopped
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
