@@ -253,8 +253,12 @@ class QuantileSketch:
                 raise ValueError(f"QuantileSketch state: bad bucket {[k, c]!r}")
             buckets[k] = c
         new._buckets = buckets
-        new.zero_count = int(state["zero_count"])
-        new.count = int(state["count"])
+        for key in ("zero_count", "count"):
+            value = state[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"QuantileSketch state: {key} must be an int >= 0, "
+                                 f"got {value!r}")
+            setattr(new, key, value)
         if new.count != new.zero_count + sum(buckets.values()):
             raise ValueError(f"QuantileSketch state: count {new.count} does not match its buckets")
         if new.count:
