@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import time
 from itertools import pairwise
+from pathlib import Path
 
 import anyio
 import pytest
 
-from batchmetrics import BatchMetrics, BatchMetricsSummary
+from batchmetrics import BatchMetrics, BatchMetricsSummary, HistoryError
 
 from .clock import FakeClock
 
@@ -234,3 +235,53 @@ async def test_summary_lists_the_slowest_files_and_first_messages_per_error_type
     }
     assert summary.to_dict()["slowest_files"][1] == {
         "filename": "huge", "duration_seconds": 99.0, "status": "success"}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("phase", [0.0, 0.13, 0.25, 0.49])
+async def test_the_recent_rate_is_exact_wherever_now_falls_in_a_slot(phase: float) -> None:
+    # 100 files/s for 30 s; the window's slots are 0.5 s, and "now" may fall anywhere
+    # in one: the rate must divide by the time the counted slots cover
+    clock = FakeClock(1_800_000_000.0 + phase)
+    async with BatchMetrics("phase", clock=clock, rate_window=10.0, total_files=10_000) as m:
+        for i in range(3000):
+            clock.advance(0.01)
+            await m.record_file(f"f{i}", duration=0.01)
+        summary = await m.snapshot()
+    assert summary.throughput.recent_files_per_second == pytest.approx(100.0, rel=0.002)
+    assert summary.progress is not None
+    assert summary.progress.eta_seconds == pytest.approx(70.0, rel=0.002)
+
+
+@pytest.mark.asyncio
+async def test_a_clock_starting_at_zero_still_gives_wall_time_and_stamps() -> None:
+    clock = FakeClock(0.0)
+    async with BatchMetrics("zero", clock=clock) as m:
+        clock.advance(5.0)
+        await m.record_file("a.wfm", duration=1.0)
+        clock.advance(5.0)
+        await m.record_file("b.wfm", duration=1.0)
+    summary = m.summary()
+    assert summary.timing.total_duration == 10.0  # wall time, not the sum of durations
+    assert summary.throughput.files_per_second == pytest.approx(0.2)
+    assert summary.to_dict()["start_time"] == "1970-01-01T00:00:00+00:00"
+
+
+@pytest.mark.asyncio
+async def test_a_batch_that_fails_to_start_reports_failed_to_live_readers(
+        tmp_path: Path) -> None:
+    m = BatchMetrics("no-start", store=tmp_path / "missing" / "history.db", total_files=10)
+    states: list[str] = []
+
+    async def read() -> None:
+        async for summary in m.live(interval=0.05):
+            states.append(summary.state)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read)
+        await anyio.sleep(0.05)  # the reader waits for the start
+        with pytest.raises(HistoryError):
+            async with m:
+                pass
+    assert states == ["failed"]
+    assert m.summary().state == "failed"

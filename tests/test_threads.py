@@ -273,3 +273,23 @@ async def test_threads_learn_at_once_that_the_consumer_failed() -> None:
             with pytest.raises(RuntimeError, match="its consumer failed: OSError"):
                 await anyio.to_thread.run_sync(work)
     assert returned < 5000  # the calls after the failure raised instead of returning
+
+
+@pytest.mark.asyncio
+async def test_bare_timed_decorator_records_like_timed_with_parentheses() -> None:
+    async with BatchMetrics("bare") as m:
+
+        @m.timed
+        async def process(path: str) -> int:
+            await anyio.lowlevel.checkpoint()
+            return 10
+
+        assert await process("a.wfm") == 10
+        assert await process("b.wfm") == 10
+    rows = {r["filename"]: r["samples"] for r in m.get_file_metrics()}
+    assert rows == {"a.wfm": 10, "b.wfm": 10}
+
+
+def test_timed_refuses_a_file_name_that_is_not_a_function() -> None:
+    with pytest.raises(TypeError, match="filename must be a function"):
+        BatchMetrics("x").timed("a.wfm")  # type: ignore[call-overload]

@@ -344,10 +344,12 @@ class Aggregate:
         (files/s, samples/s, bytes/s, window seconds).
         """
         start, end = self.start_ts, self.end_ts
-        if end is None and now is not None and start:
+        if end is None and now is not None and start is not None:
             end = now
         t = self.timing
-        total_duration = end - start if start and end else (t.total if t.count else 0.0)
+        # stamps are tested against None, not for truth: an injected clock may start at 0
+        total_duration = (end - start if start is not None and end is not None
+                          else (t.total if t.count else 0.0))
         if t.count:
             median, p90, p95, p99 = self.sketch.quantiles(_QUANTILES)
             timing = TimingStats(
@@ -418,8 +420,8 @@ class Aggregate:
             timing=timing,
             throughput=throughput,
             errors=errors,
-            start_time=iso_timestamp(self.start_ts) if self.start_ts else "",
-            end_time=iso_timestamp(self.end_ts) if self.end_ts else "",
+            start_time=iso_timestamp(self.start_ts) if self.start_ts is not None else "",
+            end_time=iso_timestamp(self.end_ts) if self.end_ts is not None else "",
             state=state,
             total_samples=self.samples,
             total_measurements=self.measurements,

@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import inspect
 import logging
 import math
 import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from itertools import chain
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
 import anyio
 import anyio.from_thread
@@ -235,6 +236,7 @@ class BatchMetrics:
         except BaseException as exc:
             # the error is re-raised as it is: passing it to the task group would wrap it
             self._start_error = exc
+            self._outcome = "failed"  # what summary().state and live() report from now on
             tg.cancel_scope.cancel()
             send.close()
             recv.close()
@@ -695,15 +697,29 @@ class BatchMetrics:
         """
         return Tracked(self, check_filename(filename))
 
+    @overload
+    def timed(
+        self, filename: Callable[_P, Coroutine[Any, Any, _R]]
+    ) -> Callable[_P, Coroutine[Any, Any, _R]]: ...
+
+    @overload
     def timed(
         self, filename: Callable[..., str] | None = None
-    ) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Awaitable[_R]]]:
+    ) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Awaitable[_R]]]: ...
+
+    def timed(self, filename: Callable[..., Any] | None = None) -> Any:
         """Decorate an async per-file function so each call is recorded as ``track()`` would.
 
-        The file name is ``filename(*args, **kwargs)`` when given, else the first
-        positional argument (``str()`` of it). The wrapped function may return an
-        int, taken as its ``samples``.
+        ``@metrics.timed`` or ``@metrics.timed(filename)``: the file name is
+        ``filename(*args, **kwargs)`` when given, else the first positional argument
+        (``str()`` of it). The wrapped function may return an int, taken as its
+        ``samples``.
         """
+        if inspect.iscoroutinefunction(filename):  # bare @metrics.timed
+            return self.timed()(filename)
+        if filename is not None and not callable(filename):
+            raise TypeError(f"timed: filename must be a function of the call's arguments "
+                            f"returning the file name, got {filename!r}")
 
         def decorate(fn: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
             @functools.wraps(fn)
@@ -888,7 +904,7 @@ class BatchMetrics:
         eta: tuple[float | None, float | None, float | None] = (None, None, None)
         if self.total_files is not None and not finished:
             start = self._agg.start_ts
-            elapsed = now - start if start else 0.0
+            elapsed = now - start if start is not None else 0.0
             eta = estimate_eta(
                 remaining=max(self.total_files - self._agg.total_files, 0),
                 done=self._agg.total_files,

@@ -32,6 +32,7 @@ from operator import attrgetter, countOf, is_not, itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import aiofiles.os
 import aiosqlite
 import anyio
 import msgspec
@@ -563,8 +564,18 @@ class Store:
     async def _connect(self) -> aiosqlite.Connection:
         # Autocommit: every write is one statement, so one transaction and one hop to
         # aiosqlite's thread (each hop can wait for the GIL while producers run).
-        conn = await aiosqlite.connect(self.path, isolation_level=None,
-                                       timeout=self.busy_timeout)
+        # A missing folder is checked first: after a failed connect, aiosqlite's thread
+        # outlives the call and may report to an event loop that has closed.
+        folder = os.path.dirname(self.path) or "."
+        if not await aiofiles.os.path.isdir(folder):
+            raise HistoryError(f"cannot create the history {self.path!r}: its folder "
+                               f"{folder!r} does not exist")
+        try:
+            conn = await aiosqlite.connect(self.path, isolation_level=None,
+                                           timeout=self.busy_timeout)
+        except sqlite3.OperationalError as exc:  # no permission, ...
+            raise HistoryError(f"cannot open {self.path!r} as a batchmetrics history: "
+                               f"{exc}") from exc
         try:
             # (connect's timeout is the busy timeout.) Large pages: packs of file rows are
             # big blobs, written with 5x less work than on 4 KiB pages; page_size takes

@@ -69,14 +69,20 @@ class RateWindow:
         slots.clear()
         slots.extend(ordered[-(2 * _SLOTS + 2):])
 
+    def _horizon(self, now: float) -> int:
+        """The newest slot that lies (partly) before the window: counted slots are after it."""
+        return math.floor((now - self.window) / self._slot)
+
     def _recent(self, now: float) -> list[list[float]]:
-        horizon = math.floor((now - self.window) / self._slot)
+        horizon = self._horizon(now)
         return [s for s in self._slots if horizon < s[0]]
 
     def _span(self, now: float) -> float:
+        """Seconds the counted slots cover: from the first one after the horizon (or
+        the start) to now, between ``window - window / 20`` and ``window``."""
         if self._start is None:
             return 0.0
-        return min(self.window, now - self._start)
+        return min(now - self._start, now - (self._horizon(now) + 1) * self._slot)
 
     def rates(self, now: float) -> tuple[float, float, float, float]:
         """(successful files/s, samples/s, bytes/s, seconds the rates cover)."""
