@@ -14,6 +14,8 @@ import pytest
 
 from batchmetrics import BatchMetrics, get_batch_stats
 
+from .sinks import FailingSink, HungSink
+
 # -- lifecycle ---------------------------------------------------------------------------
 
 
@@ -463,22 +465,9 @@ async def test_keep_files_false_memory_does_not_grow_with_files() -> None:
     assert growth < 64 * 1024, growth
 
 
-class _HungSink:
-    """A sink whose writes never end (a hung network disk)."""
-
-    async def write(self, records: object) -> None:
-        await anyio.sleep_forever()
-
-    async def flush(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
-
-
 @pytest.mark.asyncio
 async def test_the_exit_keeps_its_shutdown_timeout_and_says_it_timed_out() -> None:
-    m = BatchMetrics("hung", sinks=[_HungSink()], shutdown_timeout=1.0)
+    m = BatchMetrics("hung", sinks=[HungSink()], shutdown_timeout=1.0)
     t0 = anyio.current_time()
     with pytest.raises(TimeoutError, match=r"'hung' did not finish draining within 1\.0 s"):
         async with m:
@@ -490,7 +479,7 @@ async def test_the_exit_keeps_its_shutdown_timeout_and_says_it_timed_out() -> No
 @pytest.mark.asyncio
 async def test_after_the_consumer_failed_every_record_call_raises() -> None:
     # no call may return as if recorded once the consumer is gone
-    m = BatchMetrics("dead", sinks=[_FailingSink()])
+    m = BatchMetrics("dead", sinks=[FailingSink()])
     returned = 0
     with pytest.raises(RuntimeError, match="consumer of batch 'dead' failed: OSError"):  # noqa: PT012
         async with m:
@@ -502,14 +491,3 @@ async def test_after_the_consumer_failed_every_record_call_raises() -> None:
     # the calls that returned are the ones the consumer folded; the next one raised
     assert 0 < returned < 10_000
     assert m.summary().total_files == returned
-
-
-class _FailingSink:
-    async def write(self, records: object) -> None:
-        raise OSError("disk full")
-
-    async def flush(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass

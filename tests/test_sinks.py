@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -23,6 +23,8 @@ import pytest
 from batchmetrics import BatchMetrics, CsvSink, FileRecord, JsonlSink, _sinks
 from batchmetrics._render import LOG_COLUMNS
 from batchmetrics.testing import MemorySink
+
+from .sinks import FailingSink
 
 
 async def _record_mix(metrics: BatchMetrics, n: int) -> None:
@@ -179,23 +181,9 @@ async def test_a_cancelled_batch_leaves_complete_logs_and_summary_file(tmp_path:
     assert saved["total_files"] == returned
 
 
-class _BrokenSink:
-    def __init__(self) -> None:
-        self.closed = False
-
-    async def write(self, records: Sequence[FileRecord]) -> None:
-        raise OSError("disk full")
-
-    async def flush(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
 @pytest.mark.asyncio
 async def test_a_failing_sink_surfaces_to_producers_and_at_exit() -> None:
-    sink = _BrokenSink()
+    sink = FailingSink()
     metrics = BatchMetrics("broken", sinks=[sink], buffer_size=8)
 
     async def record_until_refused() -> None:

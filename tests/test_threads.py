@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +13,9 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from batchmetrics import BatchMetrics, FileRecord
+from batchmetrics import BatchMetrics
+
+from .sinks import FailingSink, SlowFirstWrite
 
 
 @pytest.mark.asyncio
@@ -203,32 +204,11 @@ async def test_cancelling_the_body_while_a_thread_records_neither_hangs_nor_lose
     assert m.summary().total_files == 2000
 
 
-class _SlowFirstWrite:
-    """A sink whose first write takes 0.6 s, whatever happens (a slow disk): the stream fills."""
-
-    def __init__(self) -> None:
-        self.rows = 0
-        self.first = True
-
-    async def write(self, records: Sequence[FileRecord]) -> None:
-        if self.first:
-            self.first = False
-            with anyio.CancelScope(shield=True):
-                await anyio.sleep(0.6)
-        self.rows += len(records)
-
-    async def flush(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
-
-
 @pytest.mark.asyncio
 async def test_events_from_threads_survive_a_cancelled_body_and_a_cancelled_snapshot() -> None:
     # The loop hands thread events to a full stream while the body, or a snapshot
     # under a timeout, is cancelled: what the threads recorded must all arrive.
-    sink = _SlowFirstWrite()
+    sink = SlowFirstWrite()
     m = BatchMetrics("body", sinks=[sink])
     with anyio.move_on_after(0.3):
         async with m:
@@ -236,7 +216,7 @@ async def test_events_from_threads_survive_a_cancelled_body_and_a_cancelled_snap
             await anyio.sleep(10)
     assert (m.summary().total_files, sink.rows) == (6000, 6000)
 
-    sink = _SlowFirstWrite()
+    sink = SlowFirstWrite()
     m = BatchMetrics("snapshot", sinks=[sink])
     async with m:
         await anyio.to_thread.run_sync(_record_from_thread, m, 6000)
@@ -246,20 +226,9 @@ async def test_events_from_threads_survive_a_cancelled_body_and_a_cancelled_snap
     assert (m.summary().total_files, sink.rows) == (6000, 6000)
 
 
-class _FailingSink:
-    async def write(self, records: Sequence[FileRecord]) -> None:
-        raise OSError("disk full")
-
-    async def flush(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
-
-
 @pytest.mark.asyncio
 async def test_threads_learn_at_once_that_the_consumer_failed() -> None:
-    m = BatchMetrics("dead", sinks=[_FailingSink()], buffer_size=64)
+    m = BatchMetrics("dead", sinks=[FailingSink()], buffer_size=64)
     returned = 0
 
     def work() -> None:

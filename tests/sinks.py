@@ -1,0 +1,59 @@
+"""Small sinks for tests: one that fails, one that hangs, one whose first write is slow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+
+from batchmetrics import FileRecord
+
+
+class FailingSink:
+    """Every write fails as a full disk would; remembers that it was closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        raise OSError("disk full")
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class HungSink:
+    """Writes never end (a hung network disk)."""
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        await anyio.sleep_forever()
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+class SlowFirstWrite:
+    """The first write takes 0.6 s whatever happens (a slow disk): the stream fills."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.first = True
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        if self.first:
+            self.first = False
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.6)
+        self.rows += len(records)
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
