@@ -127,6 +127,14 @@ def test_live_rejects_a_non_number_interval() -> None:
         ({"buffer_size": 0}, ValueError, "buffer_size"),
         ({"sinks": [object()]}, TypeError, "not a sink"),
         ({"sinks": "jsonl"}, TypeError, "sinks"),
+        ({"summary_path": ""}, ValueError, "summary_path must not be empty"),
+        ({"summary_path": b"s.json"}, TypeError, "summary_path must be a str"),
+        ({"store": ""}, ValueError, "store must not be empty"),
+        ({"store": b"h.db"}, TypeError, "store must be a str"),
+        ({"store": ":memory:"}, ValueError, "path must be a file"),
+        ({"store_files": "no"}, TypeError, "store_files must be a bool, got str 'no'"),
+        ({"display": "no"}, TypeError, "display must be a bool, got str 'no'"),
+        ({"keep_files": 0}, TypeError, "keep_files must be a bool"),
     ],
 )
 def test_bad_constructor_arguments_are_named(

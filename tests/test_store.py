@@ -164,6 +164,10 @@ async def test_one_store_records_several_batches_at_once(db: Path) -> None:
 def test_store_arguments_are_checked() -> None:
     with pytest.raises(TypeError, match="path"):
         Store(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="path must not be empty"):  # SQLite: a private temp db
+        Store("")
+    with pytest.raises(ValueError, match="outlive the batch, got ':memory:'"):
+        Store(":memory:")
     with pytest.raises(ValueError, match="busy_timeout"):
         Store("x.db", busy_timeout=0)
     with pytest.raises(ValueError, match="flush_rows"):

@@ -13,7 +13,7 @@ import anyio.to_thread
 import numpy as np
 import pytest
 
-from batchmetrics import BatchMetrics, JsonlSink
+from batchmetrics import BatchMetrics, CsvSink, JsonlSink
 
 
 class _Case:
@@ -44,6 +44,7 @@ BAD_CALLS = [
     _file(TypeError, "duration", False),
     _file(TypeError, "duration", None),
     _file(TypeError, "duration", b"1"),
+    _file(ValueError, "duration", 10**400, "1000000"),  # past the float range
     # counts
     *[
         _file(error, field, value)
@@ -224,3 +225,29 @@ async def test_str_subclass_error_strings_of_record_error_and_record_skip_are_re
     assert [_error_fields(r) for r in m.get_file_metrics()] == expected
     lines = log.read_text(encoding="utf-8").splitlines()
     assert [_error_fields(json.loads(line)) for line in lines] == expected
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: JsonlSink(""), ValueError, "path must not be empty"),
+        (lambda: JsonlSink(b"x.jsonl"), TypeError, "path must be a str"),  # type: ignore[arg-type]
+        (lambda: JsonlSink("x.jsonl", append="no"), TypeError, "append must be a bool"),  # type: ignore[arg-type]
+        (lambda: JsonlSink("x.jsonl", full=1), TypeError, "full must be a bool"),  # type: ignore[arg-type]
+        (lambda: CsvSink(""), ValueError, "path must not be empty"),
+    ],
+)
+def test_sink_arguments_are_checked_when_the_sink_is_made(
+        make: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        make()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", ["", b"metrics.json"])
+async def test_export_paths_are_checked_before_anything_is_written(path: Any) -> None:
+    async with BatchMetrics() as m:
+        await m.record_file("a.wfm", duration=0.5)
+    for export in (m.export_json, m.export_csv):
+        with pytest.raises((TypeError, ValueError), match="path must"):
+            await export(path)

@@ -38,11 +38,13 @@ from ._events import (
     Columns,
     Event,
     FileRecord,
+    check_bool,
     check_count,
     check_duration,
     check_fields,
     check_filename,
     check_optional_str,
+    check_path,
     check_status,
 )
 from ._export import write_csv, write_json, write_text_atomic
@@ -139,8 +141,15 @@ class BatchMetrics:
             batch_id = str(uuid.uuid4())
         if not isinstance(batch_id, str) or not batch_id:
             raise TypeError(f"batch_id must be a non-empty str or None, got {batch_id!r}")
-        if not isinstance(keep_files, bool):
-            raise TypeError(f"keep_files must be a bool, got {keep_files!r}")
+        check_bool(keep_files, "keep_files")
+        check_bool(store_files, "store_files")
+        check_bool(display, "display")
+        if summary_path is not None:
+            summary_path = check_path(summary_path, "summary_path")
+        if store is not None and not _is_store(store):
+            from ._store import Store  # aiosqlite is imported only when a store is used
+
+            store = Store(check_path(store, "store"))
         if check_count(buffer_size, "buffer_size") < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size!r}")
         if total_files is not None:
@@ -161,7 +170,7 @@ class BatchMetrics:
         self._interval = float(interval)
         self._shutdown_timeout = float(shutdown_timeout)
         self._clock = clock
-        self._summary_path = None if summary_path is None else os.fspath(summary_path)
+        self._summary_path = summary_path
         self._display = display
         self._store_arg = store
         self._store: Store | None = None
@@ -975,6 +984,7 @@ class BatchMetrics:
 
     async def export_json(self, path: str | os.PathLike[str]) -> None:
         """Write ``{"summary", "files", "state"}`` atomically (temp file + ``os.replace``)."""
+        path = check_path(path, "path")
         summary = self.summary()
         files = self._files
         n = len(files) if files is not None else 0
@@ -984,6 +994,7 @@ class BatchMetrics:
 
     async def export_csv(self, path: str | os.PathLike[str]) -> None:
         """Write one CSV row per file atomically (reference columns first)."""
+        path = check_path(path, "path")
         files = self._require_files()
         n = len(files)
         if n == 0:
@@ -1087,6 +1098,12 @@ def get_batch_stats(batch_id: str, metrics: BatchMetrics) -> dict[str, Any]:
     if metrics.batch_id != batch_id:
         raise ValueError(f"Batch ID mismatch: expected {batch_id}, got {metrics.batch_id}")
     return metrics.summary().to_dict()
+
+
+def _is_store(obj: object) -> bool:
+    from ._store import Store  # imported late: aiosqlite only when a store is used
+
+    return isinstance(obj, Store)
 
 
 def _check_positive(value: object, field: str) -> float:

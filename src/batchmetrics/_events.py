@@ -97,6 +97,23 @@ def check_filename(filename: object) -> str:
     return filename
 
 
+def check_path(value: object, field: str) -> str:
+    """A file path: a non-empty ``str`` or ``os.PathLike`` of ``str``, as a ``str``."""
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str):
+        raise TypeError(f"{field} must be a str or os.PathLike of str, got "
+                        f"{type(value).__name__} {value!r}")
+    if not path:
+        raise ValueError(f"{field} must not be empty, got {value!r}")
+    return path
+
+
+def check_bool(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{field} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_duration(value: object, field: str = "duration") -> float:
     """A finite number of seconds ``>= 0`` (``bool`` is refused)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -108,7 +125,10 @@ def check_duration(value: object, field: str = "duration") -> float:
             raise TypeError(
                 f"{field} must be a number of seconds, got {type(value).__name__} {value!r}"
             ) from None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int past the float range
+        raise ValueError(f"{field} must be finite, got {value!r}") from None
     if math.isnan(value) or math.isinf(value):
         raise ValueError(f"{field} must be finite, got {value!r}")
     if value < 0.0:

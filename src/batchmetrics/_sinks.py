@@ -19,7 +19,7 @@ import aiofiles
 import aiofiles.os
 import anyio
 
-from ._events import Event, FileRecord
+from ._events import Event, FileRecord, check_bool, check_path
 from ._render import csv_header, csv_rows, jsonl_bytes, log_lines
 
 
@@ -103,8 +103,8 @@ class _FileSink:
         if isinstance(buffer_bytes, bool) or not isinstance(buffer_bytes, int) \
                 or buffer_bytes < 0:
             raise ValueError(f"buffer_bytes must be an int >= 0, got {buffer_bytes!r}")
-        self.path = os.fspath(path)
-        self._append = append
+        self.path = check_path(path, "path")
+        self._append = check_bool(append, "append")
         self._limit = buffer_bytes
         self._buf: list[bytes] = []
         self._size = 0
@@ -223,8 +223,7 @@ class JsonlSink(_FileSink):
 
     def __init__(self, path: str | os.PathLike[str], *, full: bool = False,
                  append: bool = False, buffer_bytes: int = 1 << 20) -> None:
-        if not isinstance(full, bool):
-            raise TypeError(f"full must be a bool, got {full!r}")
+        check_bool(full, "full")
         super().__init__(path, append=append, buffer_bytes=buffer_bytes)
         self.full = full
 

@@ -47,6 +47,7 @@ from ._events import (
     Columns,
     Event,
     FileRecord,
+    check_path,
 )
 from ._summary import BatchMetricsSummary
 
@@ -434,8 +435,10 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0,
                  flush_rows: int = 32768) -> None:
-        if not isinstance(path, str | os.PathLike):
-            raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
+        path = check_path(path, "path")
+        if path == ":memory:":
+            raise ValueError(f"path must be a file for the history to outlive the batch, "
+                             f"got {path!r}")
         if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float) \
                 or not busy_timeout > 0 or not math.isfinite(busy_timeout):
             raise ValueError(f"busy_timeout must be a number of seconds > 0, got {busy_timeout!r}")
