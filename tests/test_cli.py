@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -465,3 +467,58 @@ def test_the_cli_never_writes_to_the_history(
         assert cli(*args, db=db).returncode == 0
     time.sleep(0.01)
     assert (db.stat().st_mtime_ns, db.read_bytes()) == before
+
+
+@pytest.mark.parametrize(("column", "value", "problem"), [
+    ("summary_json", "{}", "its summary has no total_files"),
+    ("summary_json", "[]", "its summary is list, not an object"),
+    ("summary_json", '{"total_files": 1, "error_count": 0, "skip_count": 0, "state": "running",'
+                     ' "errors": {"rate_percent": 0}, "timing": {}, "throughput": {}}',
+     "its summary has no timing.total_duration_seconds"),
+    ("state_json", "[]", "its state is list"),
+])
+def test_a_run_with_a_damaged_summary_or_state_is_one_clear_line(
+        tmp_path: Path, column: str, value: str, problem: str) -> None:
+    db = tmp_path / "history.db"
+
+    async def build() -> None:
+        async with BatchMetrics("r", store=db) as m:
+            await record_run(m, 20)
+
+    anyio.run(build)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(f"UPDATE runs SET {column} = ?", (value,))
+    conn.close()
+    for command in (["list"], ["list", "--json"], ["stats", "r"], ["stats", "--json", "r"],
+                    ["watch", "r"]):
+        result = cli(*command, db=db)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr == f"batchmetrics: run 'r' in {db} is damaged: {problem}\n"
+
+
+_KILLED = """
+import os, signal, sys
+import anyio
+from batchmetrics import BatchMetrics
+
+async def main(db):
+    async with BatchMetrics("killed", store=db, interval=0.05) as m:
+        for i in range(50):
+            await m.record_file(f"f{i}", duration=0.01)
+        await anyio.sleep(0.3)  # a checkpoint or more
+        os.kill(os.getpid(), signal.SIGKILL)
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_stats_json_of_a_killed_run_says_interrupted(tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    done = subprocess.run([sys.executable, "-c", _KILLED, str(db)], timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL
+    stats = json.loads(cli("stats", "--json", "killed", db=db).stdout)
+    listed = json.loads(cli("list", "--json", db=db).stdout)
+    assert stats["state"] == listed[0]["status"] == "interrupted"
+    assert stats["total_files"] == 50

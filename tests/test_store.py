@@ -455,3 +455,30 @@ async def test_the_exit_keeps_its_deadline_while_another_writer_holds_the_lock(d
         with anyio.fail_after(15):  # the store's thread ends once the lock is free
             while _store_threads():  # noqa: ASYNC110  (a thread ending sets no event)
                 await anyio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_a_checkpoint_stores_its_summary_and_state_of_the_same_moment(db: Path) -> None:
+    # Per-file packs are written behind the consumer while checkpoints run: the
+    # summary (read by list, watch, stats --json) and the state (read by stats and
+    # compare) of one checkpoint must agree, also for a run killed after it.
+    seen: list[tuple[int, int]] = []
+    m = BatchMetrics("same-moment", store=Store(db, flush_rows=2000), store_files=True,
+                     interval=0.05)
+
+    async def poll() -> None:
+        while m.state.value == "running":
+            with History(db) as history:
+                run = history.get("same-moment")
+            assert run is not None
+            seen.append((run.summary["total_files"], run.state["total_files"]))
+            await anyio.sleep(0.02)
+
+    async with anyio.create_task_group() as tg, m:
+        tg.start_soon(poll)
+        for i in range(60_000):
+            await m.record_file(f"f{i}", duration=0.001)
+            if i % 200 == 0:
+                await anyio.sleep(0.001)
+    assert len({s for s, _ in seen}) > 3  # several checkpoints were read mid-run
+    assert [(s, t) for s, t in seen if s != t] == []

@@ -186,7 +186,7 @@ def run_summary(run: StoredRun) -> BatchMetricsSummary:
     """The run's summary with unrounded numbers, rebuilt from its mergeable state."""
     try:
         agg = Aggregate.from_state(run.state)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise CliError(f"batch {run.batch_id!r} has a state this batchmetrics cannot read: "
                        f"{exc}") from None
     now = run.updated_at if run.stored_status == "running" else None
@@ -267,7 +267,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     with open_history(args) as history:
         run = get_run(history, args.batch_id)
     if args.json:
-        print(json.dumps(run.summary, indent=2))
+        summary = run.summary
+        if run.status == "interrupted":  # stored while it ran; its process is gone since
+            summary = {**summary, "state": "interrupted"}
+        print(json.dumps(summary, indent=2))
     else:
         render_stats(run)
     return 0

@@ -527,7 +527,7 @@ class BatchMetrics:
                 if self._summary_path is not None:
                     await write_text_atomic(self._summary_path, json_text(summary.to_dict()))
                 if self._store is not None:
-                    await self._store.checkpoint(self, summary)
+                    await self._store.checkpoint(self)
             except Exception:
                 logger.warning("batchmetrics: periodic output of batch %r failed",
                                self.batch_id, exc_info=True)

@@ -146,6 +146,30 @@ class HistoryError(Exception):
     """The history file is missing, is not a batchmetrics history, or cannot be used."""
 
 
+#: Keys of a stored summary that readers rely on (the rest is shown as it is).
+_SUMMARY_KEYS = (("total_files",), ("error_count",), ("skip_count",), ("state",),
+                 ("errors", "rate_percent"), ("timing", "total_duration_seconds"),
+                 ("throughput", "files_per_second"))
+
+
+def _summary_problem(summary: Any) -> str | None:
+    """What is wrong with a stored summary's shape, or ``None``."""
+    if not isinstance(summary, dict):
+        return f"its summary is {type(summary).__name__}, not an object"
+    for path in _SUMMARY_KEYS:
+        node: Any = summary
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return f"its summary has no {'.'.join(path)}"
+            node = node[key]
+    progress = summary.get("progress")
+    if progress is not None and not (
+            isinstance(progress, dict)
+            and all(k in progress for k in ("completed", "total_files", "percent"))):
+        return "its summary's progress is damaged"
+    return None
+
+
 # -- per-file rows: msgpack packs, and column chunks for the rest -----------------------------
 
 
@@ -484,15 +508,20 @@ class Store:
         assert row is not None
         self._runs[id(metrics)] = _Run(metrics.batch_id, conn, int(row[0]))
 
-    async def checkpoint(self, metrics: BatchMetrics, summary: BatchMetricsSummary) -> None:
-        """Write the current summary and state (and any waiting per-file rows)."""
+    async def checkpoint(self, metrics: BatchMetrics) -> None:
+        """Write the current summary and state (and any waiting per-file rows).
+
+        Both are taken together once the lock is held, so they describe the same
+        moment (a write in flight may hold the lock while the consumer folds more).
+        """
         run = self._runs.get(id(metrics))
         if run is None:
             return
         async with run.lock:
             if self._runs.get(id(metrics)) is not run:  # finished while we waited
                 return
-            await self._write(run, summary.to_dict(), metrics.state_dict(), None)
+            summary, state = metrics.summary().to_dict(), metrics.state_dict()
+            await self._write(run, summary, state, None)
 
     async def write_files(self, metrics: BatchMetrics, events: Sequence[Event]) -> None:
         """Queue per-file rows; write a chunk once ``flush_rows`` are waiting.
@@ -820,6 +849,10 @@ class History:
             summary, state = json.loads(summary_json), json.loads(state_json)
         except ValueError as exc:
             raise HistoryError(f"run {batch_id!r} in {self.path} is damaged: {exc}") from exc
+        problem = _summary_problem(summary) or (
+            None if isinstance(state, dict) else f"its state is {type(state).__name__}")
+        if problem:
+            raise HistoryError(f"run {batch_id!r} in {self.path} is damaged: {problem}")
         return StoredRun(
             batch_id=batch_id,
             status=derive_status(status, host, pid, interval, updated, now, self._host),
