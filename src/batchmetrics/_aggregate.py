@@ -99,7 +99,9 @@ class Aggregate:
         self.sketch = QuantileSketch()
         self.by_type: dict[str, int] = {}
         self.error_messages: dict[str, list[str]] = {}
-        self.slowest: list[tuple[float, int, str, int]] = []  # min-heap (duration, seq, name, st)
+        # A min-heap of (duration, -arrival, name, status): among equal durations the
+        # earliest file is kept, however the events were batched or merged.
+        self.slowest: list[tuple[float, int, str, int]] = []
         self._slow_seq = 0
         self.slowest_k = slowest_k
         self.error_messages_per_type = error_messages_per_type
@@ -178,7 +180,7 @@ class Aggregate:
 
     def _add_slowest(self, events: Sequence[Event], durations: list[float],
                      values: npt.NDArray[np.float64] | None) -> None:
-        """Keep the ``slowest_k`` longest files seen (ties: the later file)."""
+        """Keep the ``slowest_k`` longest files seen (ties: the earlier file)."""
         k = self.slowest_k
         slowest = self.slowest
         full = len(slowest) >= k
@@ -189,12 +191,12 @@ class Aggregate:
             pairs = zip(map(durations.__getitem__, above), above, strict=True)
         else:
             pairs = zip(durations, range(len(durations)), strict=True)
-        for d, i in heapq.nlargest(k, pairs):
-            if len(slowest) >= k and d <= slowest[0][0]:
+        for d, i in heapq.nlargest(k, pairs, key=_longer_then_earlier):
+            if len(slowest) >= k and d <= slowest[0][0]:  # a tie goes to the one kept
                 break
             self._slow_seq += 1
             ev = events[i]
-            item = (d, self._slow_seq, ev[F_NAME], ev[F_STATUS])
+            item = (d, -self._slow_seq, ev[F_NAME], ev[F_STATUS])
             if len(slowest) < k:
                 heapq.heappush(slowest, item)
             else:
@@ -232,9 +234,9 @@ class Aggregate:
                 self._note_error(etype, message)
             if not messages and etype not in self.error_messages:
                 self._note_error(etype, None)
-        for d, _, name, st in sorted(other.slowest):  # keep its order among equal durations
+        for d, _, name, st in sorted(other.slowest, key=_arrival):  # as if they came after
             self._slow_seq += 1
-            item = (d, self._slow_seq, name, st)
+            item = (d, -self._slow_seq, name, st)
             if len(self.slowest) < self.slowest_k:
                 heapq.heappush(self.slowest, item)
             elif self.slowest_k and d > self.slowest[0][0]:
@@ -264,7 +266,8 @@ class Aggregate:
             "sketch": self.sketch.to_state(),
             "by_type": dict(self.by_type),
             "error_messages": {k: list(v) for k, v in self.error_messages.items()},
-            "slowest": [[d, name, STATUS_NAMES[st]] for d, _, name, st in sorted(self.slowest)],
+            "slowest": [[d, name, STATUS_NAMES[st]]  # longest first; ties in arrival order
+                        for d, _, name, st in sorted(self.slowest, key=_slowest_first)],
             "slowest_k": self.slowest_k,
             "start_ts": self.start_ts,
             "end_ts": self.end_ts,
@@ -311,7 +314,7 @@ class Aggregate:
                                  f"{', '.join(STATUS_NAMES)}], got {_show(item)}")
             d = _seconds(item[0], f"slowest[{i}][0]")
             agg._slow_seq += 1
-            heapq.heappush(agg.slowest, (d, agg._slow_seq, item[1], codes[item[2]]))
+            heapq.heappush(agg.slowest, (d, -agg._slow_seq, item[1], codes[item[2]]))
         agg.start_ts = _timestamp(_field(state, "start_ts"), "start_ts")
         agg.end_ts = _timestamp(_field(state, "end_ts"), "end_ts")
         return agg
@@ -429,10 +432,24 @@ class Aggregate:
             in_flight=in_flight,
             slowest_files=tuple(
                 SlowFile(name, d, STATUS_NAMES[st])
-                for d, _, name, st in sorted(self.slowest, key=lambda s: (-s[0], s[1]))
+                for d, _, name, st in sorted(self.slowest, key=_slowest_first)
             ),
             progress=progress,
         )
+
+
+def _longer_then_earlier(pair: tuple[float, int]) -> tuple[float, int]:
+    """``(duration, index)``: the longest first, and among equal ones the earliest."""
+    return pair[0], -pair[1]
+
+
+def _arrival(item: tuple[float, int, str, int]) -> int:
+    return -item[1]
+
+
+def _slowest_first(item: tuple[float, int, str, int]) -> tuple[float, int]:
+    """Longest first; among equal durations the earliest."""
+    return -item[0], -item[1]
 
 
 def _pick(fn: Any, a: float | None, b: float | None) -> float | None:
