@@ -57,3 +57,16 @@ class SlowFirstWrite:
 
     async def aclose(self) -> None:
         pass
+
+
+class HungOnClose:
+    """Takes every write; its close never ends."""
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        pass
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        await anyio.sleep_forever()

@@ -268,3 +268,17 @@ def test_cli_merge_keeps_the_mode_of_the_file_it_replaces(
     assert stat.S_IMODE(out.stat().st_mode) == mode
     assert json.loads(out.read_text())["summary"]["total_files"] == 60
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json", "out.json"]  # no temp left
+
+
+def test_cli_merge_of_states_it_cannot_combine_is_one_line(
+        tmp_path: Path, export: dict[str, Any]) -> None:
+    # each state reads well alone; their sketches cannot be merged
+    other = json.loads(json.dumps(export))
+    other["state"]["sketch"]["mantissa_bits"] = 5
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(export))
+    b.write_text(json.dumps(other))
+    done = cli("merge", a, b)
+    assert done.returncode == 2
+    assert done.stderr == (f"batchmetrics: cannot merge {b}: cannot merge sketches of "
+                           "different precision: mantissa_bits 6 and 5\n")

@@ -549,8 +549,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(f"cannot merge {path}: {exc}") from None
     agg = aggs[0]
-    for other in aggs[1:]:
-        agg.merge(other)
+    for path, other in zip(args.inputs[1:], aggs[1:], strict=True):
+        try:
+            agg.merge(other)
+        except ValueError as exc:  # e.g. sketches of different precision
+            raise CliError(f"cannot merge {path}: {exc}") from None
     batch_id = args.batch_id or "+".join(bid for bid, _ in states)
     text = json_text({"summary": agg.to_summary(batch_id).to_dict(), "state": agg.to_state()})
     if args.output in (None, "-"):

@@ -296,10 +296,10 @@ class BatchMetrics:
                 self._stop_pump()
                 if self._consumer_scope is not None:
                     self._consumer_scope.cancel()
+                what = ("finished draining but not writing its outputs"
+                        if self._consumer_done.is_set() else "did not finish draining")
                 problem = TimeoutError(
-                    f"batch {self.batch_id!r} did not finish draining within "
-                    f"{self._shutdown_timeout} s"
-                )
+                    f"batch {self.batch_id!r} {what} within {self._shutdown_timeout} s")
                 await self._finish_after_timeout()
         tg.cancel_scope.cancel()  # the ticker; the consumer is done unless timed out
         await tg.__aexit__(None, None, None)
@@ -355,20 +355,20 @@ class BatchMetrics:
         """After the exit's deadline: the summary file and the store row, as far as
         they get in a short grace period, and the store's connection closed in any case
         (its thread would keep the process alive)."""
-        if self._final is None:
+        if self._outcome != "cancelled":
+            self._outcome = "failed"  # the exit raises: the summary, file and store say so
+        if self._agg.end_ts is None:
             self._agg.end_ts = self._clock()
-            self._state = BatchState.FINISHED
-            self._final = self._make_summary()
-            self._finished.set()
-        final = self._final
+        self._state = BatchState.FINISHED
+        final = self._final = self._make_summary()
+        self._finished.set()
         with anyio.move_on_after(_GRACE):
             if self._summary_path is not None:
                 with contextlib.suppress(Exception):
                     await write_text_atomic(self._summary_path, json_text(final.to_dict()))
         if self._store is not None:
             try:
-                outcome = "cancelled" if self._outcome == "cancelled" else "failed"
-                await self._store.abandon(self, final, outcome, grace=_GRACE)
+                await self._store.abandon(self, final, self._outcome, grace=_GRACE)
             except Exception:
                 logger.warning("batchmetrics: the store of batch %r could not record its "
                                "end after the timeout", self.batch_id, exc_info=True)
@@ -501,8 +501,10 @@ class BatchMetrics:
         deadline = self._exit_deadline
         if deadline is None:  # the consumer failed while the batch ran
             deadline = anyio.current_time() + self._shutdown_timeout
-        with anyio.CancelScope(shield=True, deadline=deadline):
-            for sink in self._sinks:
+        for sink in self._sinks:  # a scope each: one cut off at the deadline stops no other
+            # those reached after the deadline share the grace that follows it
+            limit = deadline if anyio.current_time() < deadline else deadline + _GRACE
+            with anyio.CancelScope(shield=True, deadline=limit):
                 try:
                     await sink.aclose()
                 except Exception as exc:
@@ -537,7 +539,7 @@ class BatchMetrics:
                 except Exception:
                     logger.warning("batchmetrics: the display of batch %r failed; it is off "
                                    "from now on", self.batch_id, exc_info=True)
-                    self._display_obj = None
+                    self._close_display(summary)
 
     # -- recording ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import io
 import os
+import threading
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -86,9 +87,8 @@ def _write_all(file: io.FileIO, pieces: list[bytes]) -> None:
             views[0] = memoryview(views[0])[written:]
 
 
-# Blocking calls in aiofiles' executor, as aiofiles runs its own.
+# Blocking calls in aiofiles' executor (the loop's default one), as aiofiles runs its own.
 _open_async = aiofiles.os.wrap(io.FileIO)
-_write_all_async = aiofiles.os.wrap(_write_all)
 _close_async = aiofiles.os.wrap(io.FileIO.close)
 
 
@@ -110,6 +110,11 @@ class _FileSink:
         self._size = 0
         self._file: io.FileIO | None = None  # unbuffered: this sink buffers
         self._writing: asyncio.Future[None] | None = None  # the write in flight
+        # Whether a write job runs in the executor, and whether it closes the file when
+        # it ends (aclose found it running): guarded by a lock shared with that thread.
+        self._job_lock = threading.Lock()
+        self._job_running = False
+        self._close_after_job = False
         self._closed = False
         #: Rows written so far.
         self.rows = 0
@@ -128,9 +133,12 @@ class _FileSink:
                     existed = await aiofiles.os.path.getsize(self.path) > 0
                 except FileNotFoundError:
                     existed = False
-            self._file = await _open_async(self.path, "a" if self._append else "w")
+            with anyio.CancelScope(shield=True):  # a cancelled open would leak the file
+                f = await _open_async(self.path, "a" if self._append else "w")
+            self._file = f
             if not existed:
                 self._buf.insert(0, self._header())
+            return f
         return self._file
 
     async def write(self, records: Sequence[FileRecord]) -> None:
@@ -173,9 +181,24 @@ class _FileSink:
             pieces = self._buf
             self._buf = []
             self._size = 0
-            self._writing = asyncio.ensure_future(_write_all_async(f, pieces))
+            with self._job_lock:
+                self._job_running = True
+            # submitted now (not when a task first runs): the job surely runs, and ends
+            # by clearing _job_running
+            self._writing = asyncio.get_running_loop().run_in_executor(
+                None, self._write_job, f, pieces)
             if not behind:
                 await self._settle()
+
+    def _write_job(self, f: io.FileIO, pieces: list[bytes]) -> None:
+        """In the executor: write, then close the file if ``aclose`` asked for it meanwhile."""
+        try:
+            _write_all(f, pieces)
+        finally:
+            with self._job_lock:
+                self._job_running = False
+                if self._close_after_job:
+                    f.close()
 
     async def flush(self) -> None:
         """Write the buffer out: unbuffered, what is written is what readers see."""
@@ -187,8 +210,9 @@ class _FileSink:
         """Flush and close the file.
 
         A write still running when the batch's exit deadline cancels this (a hung
-        disk) keeps the file open until it ends: closed under it, the descriptor's
-        number could go to the next file opened, and the rest of the write with it.
+        disk) keeps the file open until it ends, and closes it then, in its thread
+        (the event loop may be gone by then): closed under it, the descriptor's number
+        could go to the next file opened, and the rest of the write with it.
         """
         if self._closed:
             return
@@ -197,12 +221,12 @@ class _FileSink:
         finally:
             self._closed = True
             f, self._file = self._file, None
-            writing = self._writing
-            if f is not None and writing is not None and not writing.done():
-                writing.add_done_callback(lambda _: f.close())
-            elif f is not None:
-                with anyio.CancelScope(shield=True):
-                    await _close_async(f)
+            if f is not None:
+                with self._job_lock:
+                    deferred = self._close_after_job = self._job_running
+                if not deferred:
+                    with anyio.CancelScope(shield=True):
+                        await _close_async(f)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"

@@ -146,26 +146,33 @@ class HistoryError(Exception):
     """The history file is missing, is not a batchmetrics history, or cannot be used."""
 
 
-#: Keys of a stored summary that readers rely on (the rest is shown as it is).
-_SUMMARY_KEYS = (("total_files",), ("error_count",), ("skip_count",), ("state",),
-                 ("errors", "rate_percent"), ("timing", "total_duration_seconds"),
-                 ("throughput", "files_per_second"))
+#: Values of a stored summary that readers rely on, and their types (the rest is
+#: shown as it is).
+_SUMMARY_KEYS: tuple[tuple[tuple[str, ...], type | tuple[type, ...]], ...] = (
+    (("total_files",), int), (("error_count",), int), (("skip_count",), int),
+    (("state",), str), (("errors", "rate_percent"), (int, float)),
+    (("timing", "total_duration_seconds"), (int, float)),
+    (("throughput", "files_per_second"), (int, float)),
+)
 
 
 def _summary_problem(summary: Any) -> str | None:
     """What is wrong with a stored summary's shape, or ``None``."""
     if not isinstance(summary, dict):
         return f"its summary is {type(summary).__name__}, not an object"
-    for path in _SUMMARY_KEYS:
+    for path, kind in _SUMMARY_KEYS:
         node: Any = summary
         for key in path:
             if not isinstance(node, dict) or key not in node:
                 return f"its summary has no {'.'.join(path)}"
             node = node[key]
+        if not isinstance(node, kind) or isinstance(node, bool):
+            return f"its summary's {'.'.join(path)} is {node!r}"
     progress = summary.get("progress")
     if progress is not None and not (
             isinstance(progress, dict)
-            and all(k in progress for k in ("completed", "total_files", "percent"))):
+            and all(isinstance(progress.get(k), int | float)
+                    for k in ("completed", "total_files", "percent"))):
         return "its summary's progress is damaged"
     return None
 
@@ -552,20 +559,24 @@ class Store:
         run = self._runs.get(id(metrics))
         if run is None:
             raise RuntimeError(f"batch {metrics.batch_id!r} is not being recorded by {self!r}")
-        written = False
         try:
             with contextlib.suppress(Exception):  # a failed chunk stays queued: retried below
                 await run.settle()
             async with run.lock:
                 await self._write(run, summary.to_dict(), metrics.state_dict(), outcome)
-            written = True
-        finally:
+        except anyio.get_cancelled_exc_class():
+            # The exit's deadline: a statement stuck in SQLite's busy wait is interrupted,
+            # and the run stays here for abandon(), which retries within its grace.
+            with contextlib.suppress(Exception):
+                await run.conn.interrupt()
+            raise
+        except BaseException:
             del self._runs[id(metrics)]
-            if written:
-                with anyio.CancelScope(shield=True):
-                    await run.conn.close()
-            else:  # failed, or cancelled by the exit's deadline: never wait behind a
-                await _let_go(run.conn)  # statement stuck in SQLite's busy wait
+            await _let_go(run.conn)
+            raise
+        del self._runs[id(metrics)]
+        with anyio.CancelScope(shield=True):
+            await run.conn.close()
 
     async def abandon(self, metrics: BatchMetrics, summary: BatchMetricsSummary, outcome: str,
                       *, grace: float) -> None:
