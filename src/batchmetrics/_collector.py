@@ -114,8 +114,8 @@ class BatchMetrics:
         rate_window: seconds of the sliding window for recent rates and the ETA.
         slowest: how many of the slowest files the summary lists.
         shutdown_timeout: the longest the exit may take to drain and finish its outputs;
-            past it the exit raises ``TimeoutError``, after a few more seconds at most
-            to write the summary file and end the run in the store as far as they can.
+            past it the exit raises ``TimeoutError`` and the batch is ``failed``, after
+            a short grace for the sinks, the summary file and the store (2 s each at most).
         clock: wall-clock function (seconds since the epoch); inject one in tests.
     """
 
