@@ -70,3 +70,16 @@ class HungOnClose:
 
     async def aclose(self) -> None:
         await anyio.sleep_forever()
+
+
+class FailsToClose:
+    """Takes every write; its close fails as a full disk would."""
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        pass
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        raise OSError("disk full")

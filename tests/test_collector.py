@@ -15,7 +15,7 @@ import pytest
 
 from batchmetrics import BatchMetrics, JsonlSink, get_batch_stats
 
-from .sinks import FailingSink, HungOnClose, HungSink
+from .sinks import FailingSink, FailsToClose, HungOnClose, HungSink
 
 # -- lifecycle ---------------------------------------------------------------------------
 
@@ -507,3 +507,12 @@ async def test_after_the_consumer_failed_every_record_call_raises() -> None:
     # the calls that returned are the ones the consumer folded; the next one raised
     assert 0 < returned < 10_000
     assert m.summary().total_files == returned
+
+
+@pytest.mark.asyncio
+async def test_the_timeout_is_what_is_raised_when_a_sink_also_fails_to_close() -> None:
+    m = BatchMetrics("both", sinks=[HungSink(), FailsToClose()], shutdown_timeout=0.5)
+    with pytest.raises(TimeoutError) as caught:
+        async with m:
+            await m.record_file("a.wfm", duration=0.1)
+    assert any("OSError" in note for note in caught.value.__notes__)

@@ -391,3 +391,22 @@ async def test_a_write_stuck_past_the_exit_deadline_finishes_in_its_own_file(
     assert (tmp_path / "other.bin").read_bytes() == b""
     lines = got.decode("utf-8").splitlines()
     assert [json.loads(line)["samples"] for line in lines] == list(range(20_000))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.asyncio
+async def test_a_sink_whose_open_hangs_keeps_the_exit_deadline(tmp_path: Path) -> None:
+    # opening a FIFO for writing blocks until a reader comes, as on a dead mount
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    m = BatchMetrics("open", sinks=[JsonlSink(fifo)], shutdown_timeout=0.5, interval=3600)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError, match="did not finish draining"):
+            async with m:
+                await m.record_file("a.wfm", duration=0.1)
+        assert time.monotonic() - t0 < 4  # the deadline, and the grace for the sinks
+    finally:  # let the open in the executor end, so the test's loop can close
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        await anyio.sleep(0.2)
+        os.close(reader)

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import anyio
@@ -515,3 +516,41 @@ async def test_a_final_write_cut_off_by_the_deadline_is_retried_in_the_grace(db:
         run = history.get("late")
     assert run is not None
     assert (run.status, run.summary["total_files"]) == ("failed", 1)
+
+
+_LOCKED_PAST_GRACE = """
+import sqlite3, sys, threading, time
+import anyio
+from batchmetrics import BatchMetrics, Store
+
+db = sys.argv[1]
+other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+
+async def main():
+    try:
+        async with BatchMetrics("locked", store=Store(db, busy_timeout=0.3),
+                                shutdown_timeout=0.5, interval=60) as m:
+            await m.record_file("a.wfm", duration=0.1)
+            other.execute("BEGIN IMMEDIATE")  # held for 15 s: past the deadline and grace
+            holder = threading.Timer(15, lambda: other.execute("COMMIT"))
+            holder.daemon = True  # the process may end before: that releases the lock too
+            holder.start()
+    except TimeoutError as exc:
+        print("TimeoutError:", exc, flush=True)
+
+anyio.run(main)
+"""
+
+
+def test_a_store_that_cannot_end_its_run_in_the_grace_still_lets_the_process_exit(
+        db: Path) -> None:
+    async def create() -> None:  # the history file, so the child's lock has a file
+        async with BatchMetrics("first", store=db):
+            pass
+
+    anyio.run(create)
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _LOCKED_PAST_GRACE, str(db)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.startswith("TimeoutError:"), done.stdout + done.stderr
+    assert time.monotonic() - t0 < 14  # not the 15 s the other writer holds the lock

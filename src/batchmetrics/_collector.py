@@ -324,7 +324,10 @@ class BatchMetrics:
             error = RuntimeError(f"the consumer of batch {self.batch_id!r} failed: "
                                  f"{self._consumer_error!r}")
             error.__cause__ = self._consumer_error
-            problem = error
+            if isinstance(problem, TimeoutError):  # the timeout stays what is raised
+                problem.add_note(f"batchmetrics: also, {error}")
+            else:
+                problem = error
         if problem is not None:
             if exc is None:
                 raise problem

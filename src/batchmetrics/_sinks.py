@@ -88,8 +88,23 @@ def _write_all(file: io.FileIO, pieces: list[bytes]) -> None:
 
 
 # Blocking calls in aiofiles' executor (the loop's default one), as aiofiles runs its own.
-_open_async = aiofiles.os.wrap(io.FileIO)
 _close_async = aiofiles.os.wrap(io.FileIO.close)
+
+
+async def _open_in_thread(path: str, mode: str) -> io.FileIO:
+    """``io.FileIO(path, mode)`` in the executor. Cancellable (an open can hang on a
+    FIFO or a dead mount); a file opened after its caller was cancelled is closed."""
+    opening = asyncio.get_running_loop().run_in_executor(None, io.FileIO, path, mode)
+    try:
+        return await asyncio.shield(opening)
+    except BaseException:
+        opening.add_done_callback(_close_unclaimed)
+        raise
+
+
+def _close_unclaimed(opening: asyncio.Future[io.FileIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 class _FileSink:
@@ -133,8 +148,7 @@ class _FileSink:
                     existed = await aiofiles.os.path.getsize(self.path) > 0
                 except FileNotFoundError:
                     existed = False
-            with anyio.CancelScope(shield=True):  # a cancelled open would leak the file
-                f = await _open_async(self.path, "a" if self._append else "w")
+            f = await _open_in_thread(self.path, "a" if self._append else "w")
             self._file = f
             if not existed:
                 self._buf.insert(0, self._header())

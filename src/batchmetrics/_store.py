@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import heapq
 import json
+import logging
 import math
 import os
 import socket
@@ -140,6 +141,9 @@ STALE_MIN_SECONDS: Final = 30.0
 _LITTLE = sys.byteorder == "little"
 _COMPACT = (",", ":")
 _T = TypeVar("_T")
+
+
+logger = logging.getLogger("batchmetrics")
 
 
 class HistoryError(Exception):
@@ -565,8 +569,9 @@ class Store:
             async with run.lock:
                 await self._write(run, summary.to_dict(), metrics.state_dict(), outcome)
         except anyio.get_cancelled_exc_class():
-            # The exit's deadline: a statement stuck in SQLite's busy wait is interrupted,
-            # and the run stays here for abandon(), which retries within its grace.
+            # The exit's deadline: the running statement is interrupted (one in SQLite's
+            # busy wait goes on until the lock is free or its timeout has passed), and
+            # the run stays here for abandon(), which retries within its grace.
             with contextlib.suppress(Exception):
                 await run.conn.interrupt()
             raise
@@ -582,8 +587,9 @@ class Store:
                       *, grace: float) -> None:
         """``finish`` for a batch whose exit ran out of time: what ``grace`` seconds allow.
 
-        The connection's thread is stopped in any case (it would keep the process
-        alive); a statement stuck in SQLite's busy wait is interrupted.
+        The connection's thread is told to stop in any case (it would keep the
+        process alive); a statement in SQLite's busy wait still ends only when the
+        lock is free or the busy timeout has passed.
         """
         run = self._runs.pop(id(metrics), None)
         if run is None:
@@ -593,9 +599,15 @@ class Store:
             with anyio.move_on_after(grace):
                 with contextlib.suppress(Exception):  # a failed chunk stays queued
                     await run.settle()
-                async with run.lock:
-                    await self._write(run, summary.to_dict(), metrics.state_dict(), outcome)
-                written = True
+                try:
+                    async with run.lock:
+                        await self._write(run, summary.to_dict(), metrics.state_dict(),
+                                          outcome)
+                    written = True
+                except Exception:  # still locked, disk full, ...: the thread must stop
+                    logger.warning("batchmetrics: the store could not record the end of "
+                                   "batch %r after its timeout", metrics.batch_id,
+                                   exc_info=True)
             if written:
                 with anyio.move_on_after(grace):
                     await run.conn.close()
@@ -719,8 +731,9 @@ async def _let_go(conn: aiosqlite.Connection) -> None:
     """Stop a connection without waiting long: a running statement is interrupted,
     and the thread closes the connection and ends after what is queued.
 
-    Waits a moment for that (SQLite notices the interrupt between its busy-wait
-    sleeps), so the thread does not report to an event loop that is gone.
+    Waits a moment for that. A statement in SQLite's busy wait does not notice the
+    interrupt: it ends when the lock is free or its busy timeout has passed, and the
+    thread with it (it may then report to an event loop that is gone).
     """
     with contextlib.suppress(Exception):
         await conn.interrupt()  # no thread hop: runs even in a cancelled scope
