@@ -186,16 +186,18 @@ class Aggregate:
         full = len(slowest) >= k
         if full and (max(durations) if values is None else values.max()) <= slowest[0][0]:
             return
+        # (duration, -index): the longest first, and among equal ones the earliest,
+        # compared in C (no key function per event)
         if values is not None and full:  # only the few above the current floor
             above = np.flatnonzero(values > slowest[0][0]).tolist()
-            pairs = zip(map(durations.__getitem__, above), above, strict=True)
+            pairs = zip(map(durations.__getitem__, above), [-i for i in above], strict=True)
         else:
-            pairs = zip(durations, range(len(durations)), strict=True)
-        for d, i in heapq.nlargest(k, pairs, key=_longer_then_earlier):
+            pairs = zip(durations, range(0, -len(durations), -1), strict=True)
+        for d, neg in heapq.nlargest(k, pairs):
             if len(slowest) >= k and d <= slowest[0][0]:  # a tie goes to the one kept
                 break
             self._slow_seq += 1
-            ev = events[i]
+            ev = events[-neg]
             item = (d, -self._slow_seq, ev[F_NAME], ev[F_STATUS])
             if len(slowest) < k:
                 heapq.heappush(slowest, item)
@@ -436,11 +438,6 @@ class Aggregate:
             ),
             progress=progress,
         )
-
-
-def _longer_then_earlier(pair: tuple[float, int]) -> tuple[float, int]:
-    """``(duration, index)``: the longest first, and among equal ones the earliest."""
-    return pair[0], -pair[1]
 
 
 def _arrival(item: tuple[float, int, str, int]) -> int:
