@@ -146,10 +146,11 @@ class BatchMetrics:
         check_bool(display, "display")
         if summary_path is not None:
             summary_path = check_path(summary_path, "summary_path")
-        if store is not None and not _is_store(store):
+        if store is not None:
             from ._store import Store  # aiosqlite is imported only when a store is used
 
-            store = Store(check_path(store, "store"))
+            if not isinstance(store, Store):
+                store = Store(check_path(store, "store"))
         if check_count(buffer_size, "buffer_size") < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size!r}")
         if total_files is not None:
@@ -233,10 +234,7 @@ class BatchMetrics:
             self._agg.start_ts = self._clock()
             self._window.begin(self._agg.start_ts)
             if self._store_arg is not None:
-                from ._store import Store
-
-                store = self._store_arg
-                self._store = store if isinstance(store, Store) else Store(store)
+                self._store = self._store_arg
                 await self._store.begin(self)
             tg.start_soon(self._consume, name=f"batchmetrics consumer {self.batch_id}")
             tg.start_soon(self._pump, name=f"batchmetrics thread pump {self.batch_id}")
@@ -641,10 +639,7 @@ class BatchMetrics:
         call has recorded nothing.
         """
         while True:
-            room = self._room
-            if room is None:
-                room = self._room = anyio.Event()
-            await room.wait()
+            await self._wait_for_room()
             # The room event wakes every waiting producer at once: a cancellation that
             # finds their wake-up already done must still be honoured here.
             await anyio.lowlevel.checkpoint_if_cancelled()
@@ -661,6 +656,13 @@ class BatchMetrics:
                 raise self._not_running() from None
             self._chunk = chunk
             return
+
+    async def _wait_for_room(self) -> None:
+        """Until the consumer next drains the stream (or ends)."""
+        room = self._room
+        if room is None:
+            room = self._room = anyio.Event()
+        await room.wait()
 
     async def record_error(
         self, filename: str | os.PathLike[str], error_type: str, error_message: str | None,
@@ -866,10 +868,7 @@ class BatchMetrics:
                     send.send_nowait(events)
                 except WouldBlock:
                     inbox.put_back(events)
-                    room = self._room
-                    if room is None:
-                        room = self._room = anyio.Event()
-                    await room.wait()
+                    await self._wait_for_room()
                     continue
                 except (BrokenResourceError, ClosedResourceError):
                     inbox.put_back(events)  # the consumer is gone: the exit reports why
@@ -1103,12 +1102,6 @@ def get_batch_stats(batch_id: str, metrics: BatchMetrics) -> dict[str, Any]:
     if metrics.batch_id != batch_id:
         raise ValueError(f"Batch ID mismatch: expected {batch_id}, got {metrics.batch_id}")
     return metrics.summary().to_dict()
-
-
-def _is_store(obj: object) -> bool:
-    from ._store import Store  # imported late: aiosqlite only when a store is used
-
-    return isinstance(obj, Store)
 
 
 def _check_positive(value: object, field: str) -> float:
