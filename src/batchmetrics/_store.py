@@ -564,10 +564,7 @@ class Store:
         if run is None:
             raise RuntimeError(f"batch {metrics.batch_id!r} is not being recorded by {self!r}")
         try:
-            with contextlib.suppress(Exception):  # a failed chunk stays queued: retried below
-                await run.settle()
-            async with run.lock:
-                await self._write(run, summary.to_dict(), metrics.state_dict(), outcome)
+            await self._write_end(run, metrics, summary, outcome)
         except anyio.get_cancelled_exc_class():
             # The exit's deadline: the running statement is interrupted (one in SQLite's
             # busy wait goes on until the lock is free or its timeout has passed), and
@@ -597,12 +594,8 @@ class Store:
         with anyio.CancelScope(shield=True):
             written = False
             with anyio.move_on_after(grace):
-                with contextlib.suppress(Exception):  # a failed chunk stays queued
-                    await run.settle()
                 try:
-                    async with run.lock:
-                        await self._write(run, summary.to_dict(), metrics.state_dict(),
-                                          outcome)
+                    await self._write_end(run, metrics, summary, outcome)
                     written = True
                 except Exception:  # still locked, disk full, ...: the thread must stop
                     logger.warning("batchmetrics: the store could not record the end of "
@@ -615,6 +608,14 @@ class Store:
             await _let_go(run.conn)
 
     # -- the writes ------------------------------------------------------------------------
+
+    async def _write_end(self, run: _Run, metrics: BatchMetrics,
+                         summary: BatchMetricsSummary, outcome: str) -> None:
+        """The remaining per-file rows, the final summary, the state and the outcome."""
+        with contextlib.suppress(Exception):  # a failed chunk stays queued: written here
+            await run.settle()
+        async with run.lock:
+            await self._write(run, summary.to_dict(), metrics.state_dict(), outcome)
 
     async def _connect(self) -> aiosqlite.Connection:
         # Autocommit: every write is one statement, so one transaction and one hop to
