@@ -438,8 +438,8 @@ def _store_threads() -> list[threading.Thread]:
 @pytest.mark.asyncio
 async def test_the_exit_keeps_its_deadline_while_another_writer_holds_the_lock(db: Path) -> None:
     # Another connection (another process, as SQLite sees it) holds the write lock
-    # past the batch's shutdown_timeout: the final write waits in SQLite's busy wait,
-    # and the exit must not wait the busy timeout out.
+    # past the batch's shutdown_timeout: the final write waits for the lock, and the
+    # exit must not wait the busy timeout out, nor leave the store's thread waiting.
     other: sqlite3.Connection | None = None
     m = BatchMetrics("locked", store=Store(db, busy_timeout=10.0), shutdown_timeout=1.0,
                      interval=60)
@@ -452,13 +452,51 @@ async def test_the_exit_keeps_its_deadline_while_another_writer_holds_the_lock(d
                 t0 = anyio.current_time()
         # the deadline, the 2 s grace that retries the final write, 0.5 s to let go
         assert anyio.current_time() - t0 < 4.5
+        # the lock is still held: the store's thread has ended anyway
+        with anyio.fail_after(1):
+            while _store_threads():  # noqa: ASYNC110  (a thread ending sets no event)
+                await anyio.sleep(0.02)
     finally:
         if other is not None:
             other.execute("ROLLBACK")
             other.close()
-        with anyio.fail_after(15):  # the store's thread ends once the lock is free
-            while _store_threads():  # noqa: ASYNC110  (a thread ending sets no event)
-                await anyio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_a_write_waits_for_a_lock_up_to_the_busy_timeout_then_fails(db: Path) -> None:
+    async with BatchMetrics("first", store=db):  # the file, so the lock has one
+        pass
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        # held for 0.6 s, several times SQLite's own short busy wait: still waited for
+        other.execute("BEGIN IMMEDIATE")
+        with anyio.CancelScope() as scope:
+            scope.deadline = anyio.current_time() + 5
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_commit_after, other, 0.6)
+                async with BatchMetrics("waited", store=Store(db, busy_timeout=5.0)) as m:
+                    await m.record_file("a.wfm", duration=0.1)
+        assert not scope.cancelled_caught
+        # held past busy_timeout: begin gives up after it, naming the lock
+        other.execute("BEGIN IMMEDIATE")
+        t0 = anyio.current_time()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            async with BatchMetrics("refused", store=Store(db, busy_timeout=0.8)):
+                pass
+        assert 0.8 <= anyio.current_time() - t0 < 3
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    with History(db) as history:
+        assert sorted(history.batch_ids()) == ["first", "waited"]
+        run = history.get("waited")
+        assert run is not None
+        assert (run.status, run.summary["total_files"]) == ("finished", 1)
+
+
+async def _commit_after(conn: sqlite3.Connection, seconds: float) -> None:
+    await anyio.sleep(seconds)
+    conn.execute("COMMIT")
 
 
 @pytest.mark.asyncio
@@ -528,11 +566,11 @@ other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
 
 async def main():
     try:
-        async with BatchMetrics("locked", store=Store(db, busy_timeout=0.3),
-                                shutdown_timeout=0.5, interval=60) as m:
+        async with BatchMetrics("locked", store=db, shutdown_timeout=0.5,
+                                interval=60) as m:  # the default busy timeout, 30 s
             await m.record_file("a.wfm", duration=0.1)
-            other.execute("BEGIN IMMEDIATE")  # held for 15 s: past the deadline and grace
-            holder = threading.Timer(15, lambda: other.execute("COMMIT"))
+            other.execute("BEGIN IMMEDIATE")  # held for 40 s: past the deadline and grace
+            holder = threading.Timer(40, lambda: other.execute("COMMIT"))
             holder.daemon = True  # the process may end before: that releases the lock too
             holder.start()
     except TimeoutError as exc:
@@ -553,4 +591,8 @@ def test_a_store_that_cannot_end_its_run_in_the_grace_still_lets_the_process_exi
     done = subprocess.run([sys.executable, "-c", _LOCKED_PAST_GRACE, str(db)],
                           capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.startswith("TimeoutError:"), done.stdout + done.stderr
-    assert time.monotonic() - t0 < 14  # not the 15 s the other writer holds the lock
+    # the deadline, the grace, letting go, and the interpreter's start and end: not the
+    # 30 s busy timeout, nor the 40 s the other writer holds the lock
+    assert time.monotonic() - t0 < 10
+    # the store's thread ended with the loop still there to hear of it
+    assert "Event loop is closed" not in done.stderr, done.stderr

@@ -10,6 +10,9 @@ synchronous read side the command line uses; it opens the file read-only.
 Several processes may write to one file at once: WAL journal, a busy timeout,
 and short transactions, each one write statement that takes the write lock
 as it starts (so none has to upgrade a read lock, which a busy wait cannot fix).
+The busy timeout is waited out in Python, in cancellable retries of a short
+SQLite busy wait: a thread inside SQLite's own wait can be neither cancelled nor
+interrupted, and it would hold the batch's exit (and the process) until it ends.
 """
 
 from __future__ import annotations
@@ -140,6 +143,9 @@ STALE_MIN_SECONDS: Final = 30.0
 
 _LITTLE = sys.byteorder == "little"
 _COMPACT = (",", ":")
+#: SQLite's own busy wait, per attempt, in seconds. Kept short: aiosqlite's thread
+#: cannot be stopped inside it; ``Store.busy_timeout`` is the total, over retries.
+_BUSY_SLICE = 0.1
 _T = TypeVar("_T")
 
 
@@ -567,8 +573,8 @@ class Store:
             await self._write_end(run, metrics, summary, outcome)
         except anyio.get_cancelled_exc_class():
             # The exit's deadline: the running statement is interrupted (one in SQLite's
-            # busy wait goes on until the lock is free or its timeout has passed), and
-            # the run stays here for abandon(), which retries within its grace.
+            # busy wait ends within _BUSY_SLICE), and the run stays here for abandon(),
+            # which retries within its grace.
             with contextlib.suppress(Exception):
                 await run.conn.interrupt()
             raise
@@ -585,8 +591,7 @@ class Store:
         """``finish`` for a batch whose exit ran out of time: what ``grace`` seconds allow.
 
         The connection's thread is told to stop in any case (it would keep the
-        process alive); a statement in SQLite's busy wait still ends only when the
-        lock is free or the busy timeout has passed.
+        process alive); it ends within a short SQLite busy wait (``_BUSY_SLICE``).
         """
         run = self._runs.pop(id(metrics), None)
         if run is None:
@@ -628,24 +633,19 @@ class Store:
                                f"{folder!r} does not exist")
         try:
             conn = await aiosqlite.connect(self.path, isolation_level=None,
-                                           timeout=self.busy_timeout)
+                                           timeout=min(self.busy_timeout, _BUSY_SLICE))
         except sqlite3.OperationalError as exc:  # no permission, ...
             raise HistoryError(f"cannot open {self.path!r} as a batchmetrics history: "
                                f"{exc}") from exc
         try:
-            # (connect's timeout is the busy timeout.) Large pages: packs of file rows are
-            # big blobs, written with 5x less work than on 4 KiB pages; page_size takes
-            # effect only when the file is created. One script: one hop to the thread.
-            for attempt in range(5):  # switching to WAL can see a lock its busy wait skips
-                try:
-                    await conn.executescript(  # every pragma here may run again
-                        "PRAGMA page_size = 65536; PRAGMA synchronous = NORMAL; "
-                        "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL;")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if not _is_locked(exc) or attempt == 4:
-                        raise
-                    await anyio.sleep(0.05 * (attempt + 1))
+            # Large pages: packs of file rows are big blobs, written with 5x less work
+            # than on 4 KiB pages; page_size takes effect only when the file is created.
+            # One script, one hop to the thread; every pragma here may run again (switching
+            # to WAL can find the file locked).
+            await self._retry_locked(
+                conn.executescript,
+                "PRAGMA page_size = 65536; PRAGMA synchronous = NORMAL; "
+                "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL;")
             await self._migrate(conn)
         except sqlite3.DatabaseError as exc:
             with anyio.CancelScope(shield=True):
@@ -661,7 +661,7 @@ class Store:
         return conn
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        version = await _user_version(conn)
+        version = await self._retry_locked(_user_version, conn)
         if version == SCHEMA_VERSION:
             return
         if version > SCHEMA_VERSION:
@@ -680,19 +680,25 @@ class Store:
             raise
 
     async def _retry_locked(self, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-        """Call ``fn``, a statement that starts a transaction by taking the write lock.
+        """Call ``fn`` (a statement that may find the file locked), for up to ``busy_timeout``.
 
-        SQLite waits up to the busy timeout for the lock; a few cases skip that
-        wait, so "database is locked" is retried a few times with a short pause.
+        Each attempt waits at most ``_BUSY_SLICE`` in SQLite (some lock cases do
+        not wait at all); between attempts, a short cancellable sleep. So a locked
+        history delays a cancelled or timed-out exit by one slice, not by the
+        whole busy timeout, and the last "database is locked" is raised when the
+        timeout has passed.
         """
-        for attempt in range(3):
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.005
+        while True:
             try:
                 return await fn(*args)
             except sqlite3.OperationalError as exc:
-                if not _is_locked(exc) or attempt == 2:
+                left = deadline - time.monotonic()
+                if not _is_locked(exc) or left <= 0:
                     raise
-            await anyio.sleep(0.1 * (attempt + 1))
-        raise AssertionError("unreachable")  # pragma: no cover
+            await anyio.sleep(min(pause, left))
+            pause = min(pause * 2, _BUSY_SLICE)
 
     async def _write(self, run: _Run, summary: dict[str, Any] | None,
                      state: dict[str, Any] | None, outcome: str | None) -> None:
@@ -733,8 +739,7 @@ async def _let_go(conn: aiosqlite.Connection) -> None:
     and the thread closes the connection and ends after what is queued.
 
     Waits a moment for that. A statement in SQLite's busy wait does not notice the
-    interrupt: it ends when the lock is free or its busy timeout has passed, and the
-    thread with it (it may then report to an event loop that is gone).
+    interrupt, but that wait is one short slice (``_BUSY_SLICE``), not the busy timeout.
     """
     with contextlib.suppress(Exception):
         await conn.interrupt()  # no thread hop: runs even in a cancelled scope
