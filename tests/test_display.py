@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import anyio
 import pytest
 
@@ -21,3 +27,51 @@ async def test_markup_like_batch_id_is_displayed_as_written_and_the_batch_comple
             await m.record_file(f"f{i}.wfm", duration=0.01)
     assert m.summary().total_files == 10
     assert batch_id in capsys.readouterr().out
+
+
+_SHOWN = """
+import logging, sys
+import anyio
+from batchmetrics import BatchMetrics
+
+logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+
+async def main():
+    async with BatchMetrics("shown", display=True, interval=0.02,
+                            summary_path=sys.argv[1]) as m:
+        for i in range(40):
+            await m.record_file(f"f{i}.wfm", duration=0.01)
+            await anyio.sleep(0.02)  # the work; the display redraws meanwhile
+    print("recorded", m.summary().total_files, file=sys.stderr)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_a_terminal_that_goes_away_mid_batch_does_not_fail_the_batch(tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    import pty  # POSIX only
+
+    # The display draws on a real terminal (a pty), which is closed mid-run, as when
+    # an ssh session drops: drawing fails, and the batch must still complete.
+    summary = tmp_path / "summary.json"
+    master, slave = pty.openpty()
+    try:
+        child = subprocess.Popen([sys.executable, "-c", _SHOWN, str(summary)],
+                                 stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+    finally:
+        os.close(slave)
+    try:
+        drawn = b""
+        while b"shown" not in drawn:  # the bar is on the terminal
+            drawn += os.read(master, 4096)
+    finally:
+        os.close(master)  # the terminal goes away
+    _, err = child.communicate(timeout=60)
+    stderr = err.decode()
+    assert child.returncode == 0, stderr
+    assert "recorded 40" in stderr
+    assert "display of batch 'shown' failed" in stderr  # said, not raised
+    written = json.loads(summary.read_text(encoding="utf-8"))
+    assert (written["state"], written["total_files"]) == ("finished", 40)
