@@ -275,3 +275,20 @@ async def test_cancelled_export_leaves_the_previous_file_and_no_temp_file(
     await export(path)  # a later export still works
     assert path.read_text(encoding="utf-8") != "previous export"
     assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_atomic_writes_take_the_longest_file_names(tmp_path: Path) -> None:
+    # A name of 250 bytes is valid; its temp file (".name.<token>.tmp") used to be too
+    # long for the file system, so every export and summary-file write failed.
+    long = "é" * 100 + "x" * 41 + ".json"  # 246 bytes in UTF-8
+    summary = tmp_path / ("s" * 245 + ".json")
+    async with BatchMetrics("long", summary_path=summary, interval=0.01) as m:
+        await m.record_file("a.wfm", duration=0.1)
+        await anyio.sleep(0.05)  # a periodic write or two
+    await m.export_json(tmp_path / long)
+    await m.export_csv(tmp_path / (long[:-5] + ".csv"))
+    assert json.loads((tmp_path / long).read_text(encoding="utf-8"))["summary"]["total_files"] == 1
+    assert json.loads(summary.read_text(encoding="utf-8")) == m.summary().to_dict()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [long, long[:-5] + ".csv", summary.name])  # no temp file left behind

@@ -107,6 +107,28 @@ async def record(m: BatchMetrics, names: range) -> None:
                                 bytes_processed=3 * i)
 
 
+def test_cli_merge_writes_to_the_longest_file_names_and_refuses_impossible_totals(
+        tmp_path: Path) -> None:
+    async def export() -> None:
+        async with BatchMetrics("one") as m:
+            await m.record_file("a.wfm", duration=0.1, samples=5)
+        await m.export_json(tmp_path / "in.json")
+
+    anyio.run(export)
+    out = tmp_path / ("m" * 245 + ".json")
+    result = cli("merge", tmp_path / "in.json", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["summary"]["totals"]["samples"] == 5
+    # a total no batch can reach (past the float range: rates could not be computed)
+    data = json.loads((tmp_path / "in.json").read_text())
+    data["state"]["samples"] = 10**309
+    (tmp_path / "huge.json").write_text(json.dumps(data))
+    result = cli("merge", tmp_path / "huge.json")
+    assert result.returncode == 2
+    assert "samples must be < 2**192" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_cli_merge_of_three_exports_equals_one_batch_over_all_files(tmp_path: Path) -> None:
     async def batches() -> Aggregate:
         for k in range(3):

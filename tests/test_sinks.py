@@ -147,6 +147,54 @@ async def test_summary_file_is_rewritten_every_interval(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_the_summary_file_ends_with_the_final_summary_however_the_ticker_is_timed(
+        tmp_path: Path) -> None:
+    # A periodic write still in its threads when the batch exits used to land after
+    # the final one: the file then said "running", with older counts, for good.
+    for run in range(60):
+        path = tmp_path / f"summary-{run}.json"
+        async with BatchMetrics("sf", summary_path=path, interval=0.001) as m:
+            for i in range(run % 7 * 5 + 1):
+                await m.record_file(f"f{i}.wfm", duration=0.1)
+                if i % 5 == 0:
+                    await anyio.sleep(0.0005 * (run % 4))
+        assert json.loads(path.read_text(encoding="utf-8")) == m.summary().to_dict(), run
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.asyncio
+async def test_a_failing_sink_leaves_the_others_complete_and_the_batch_failed(
+        tmp_path: Path) -> None:
+    # /dev/full: every write fails with ENOSPC. The CSV sink must still get every row
+    # the aggregate counted, and the batch must say it failed, not finished.
+    log, summary = tmp_path / "ok.csv", tmp_path / "summary.json"
+    m = BatchMetrics("full", sinks=[JsonlSink("/dev/full", buffer_bytes=0), CsvSink(log)],
+                     summary_path=summary, interval=0.01)
+    with pytest.raises(RuntimeError, match="No space left on device"):  # noqa: PT012
+        async with m:
+            for i in range(1000):
+                await m.record_file(f"f{i}.wfm", duration=0.1)
+                if i % 50 == 0:
+                    await anyio.sleep(0.005)
+    with log.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == m.summary().total_files > 1
+    assert m.summary().state == "failed"
+    assert json.loads(summary.read_text(encoding="utf-8"))["state"] == "failed"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.asyncio
+async def test_a_sink_failing_only_as_it_closes_still_makes_the_batch_failed(
+        tmp_path: Path) -> None:
+    m = BatchMetrics("full-at-close", sinks=[JsonlSink("/dev/full")], interval=3600)
+    with pytest.raises(RuntimeError, match="No space left on device"):
+        async with m:
+            await m.record_file("a.wfm", duration=0.1)  # buffered until the sink closes
+    assert (m.summary().state, m.summary().total_files) == ("failed", 1)
+
+
+@pytest.mark.asyncio
 async def test_a_cancelled_batch_leaves_complete_logs_and_summary_file(tmp_path: Path) -> None:
     jsonl, csv_path, summary_path = (tmp_path / "f.jsonl", tmp_path / "f.csv",
                                      tmp_path / "summary.json")

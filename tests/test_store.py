@@ -15,7 +15,14 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from batchmetrics import BatchMetrics, FileMetrics, History, HistoryError, Store
+from batchmetrics import (
+    BatchMetrics,
+    BatchMetricsSummary,
+    FileMetrics,
+    History,
+    HistoryError,
+    Store,
+)
 from batchmetrics._store import (
     SCHEMA_VERSION,
     STALE_MIN_SECONDS,
@@ -554,6 +561,39 @@ async def test_a_final_write_cut_off_by_the_deadline_is_retried_in_the_grace(db:
         run = history.get("late")
     assert run is not None
     assert (run.status, run.summary["total_files"]) == ("failed", 1)
+
+
+@pytest.mark.asyncio
+async def test_readers_of_a_batch_whose_outputs_time_out_see_it_failed(db: Path) -> None:
+    # The final store write waits past the deadline for another writer's lock: live()
+    # readers and wait_finished() must get the final summary, which says failed, not
+    # an earlier one that said finished.
+    other = sqlite3.connect(db, isolation_level=None)
+    seen: list[BatchMetricsSummary] = []
+    m = BatchMetrics("late", store=db, shutdown_timeout=0.5, interval=60)
+
+    async def watch() -> None:
+        async for summary in m.live(0.05):
+            seen.append(summary)
+
+    async def hold_lock_for(seconds: float) -> None:
+        other.execute("BEGIN IMMEDIATE")
+        await anyio.sleep(seconds)
+        other.execute("COMMIT")
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            with pytest.raises(TimeoutError):  # noqa: PT012
+                async with m:
+                    await m.record_file("a.wfm", duration=0.1)
+                    tg.start_soon(hold_lock_for, 1.0)
+                    await anyio.lowlevel.checkpoint()
+            final = await m.wait_finished()
+    finally:
+        other.close()
+    assert final.state == "failed"
+    assert seen[-1] == final == m.summary()
 
 
 _LOCKED_PAST_GRACE = """

@@ -259,6 +259,27 @@ async def test_bare_timed_decorator_records_like_timed_with_parentheses() -> Non
     assert rows == {"a.wfm": 10, "b.wfm": 10}
 
 
+@pytest.mark.asyncio
+async def test_timed_wraps_async_callable_objects_and_refuses_plain_functions() -> None:
+    class Process:
+        async def __call__(self, path: str) -> int:
+            await anyio.lowlevel.checkpoint()
+            return 3
+
+    async with BatchMetrics("objects") as m:
+        process = m.timed(Process())
+        assert await process("a.wfm") == 3
+
+        # over a plain def (mypy says so too): it was taken as filename= and recorded nothing
+        @m.timed  # type: ignore[arg-type]
+        def plain(path: str) -> int:
+            return 10
+
+        with pytest.raises(TypeError, match=r"decorates an async function .*'b\.wfm'"):
+            plain("b.wfm")  # type: ignore[unused-coroutine]
+    assert [(r["filename"], r["samples"]) for r in m.get_file_metrics()] == [("a.wfm", 3)]
+
+
 def test_timed_refuses_a_file_name_that_is_not_a_function() -> None:
     with pytest.raises(TypeError, match="filename must be a function"):
         BatchMetrics("x").timed("a.wfm")  # type: ignore[call-overload]

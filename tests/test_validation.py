@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import statistics
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -45,6 +46,12 @@ BAD_CALLS = [
     _file(TypeError, "duration", None),
     _file(TypeError, "duration", b"1"),
     _file(ValueError, "duration", 10**400, "1000000"),  # past the float range
+    _file(ValueError, "duration", 1.5e10),  # past MAX_SECONDS (317 years)
+    *[
+        _file(ValueError, field, value, shown)
+        for field in ("samples", "measurements", "bytes_processed", "memory_peak")
+        for value, shown in ((2**128, str(2**128)), (10**309, "1027 bits"))
+    ],
     # counts
     *[
         _file(error, field, value)
@@ -168,6 +175,24 @@ async def test_counts_beyond_int64_are_recorded_without_breaking_the_batch() -> 
     assert [r["samples"] for r in rows] == [1, big, 2]
     assert rows[1]["bytes_processed"] == 2**80
     assert rows[1]["measurements"] == big + 1
+
+
+@pytest.mark.asyncio
+async def test_the_largest_accepted_values_still_give_a_summary_in_strict_json() -> None:
+    # Counts past the float range used to crash the exit (rates), and durations of
+    # 1e200 s gave an infinite standard deviation, written as Infinity, which is not JSON,
+    # and a start time before the year 1, which no row could show.
+    big = 2**128 - 1
+    async with BatchMetrics() as m:
+        await m.record_file("a.wfm", duration=1e10, samples=big, measurements=big,
+                            bytes_processed=big, memory_peak=big)
+        await m.record_file("b.wfm", duration=0.5e10, samples=big, bytes_processed=big)
+        await m.record_error("c.wfm", "OSError", "boom", duration=1e10)
+    summary = m.summary()
+    assert summary.total_samples == 2 * big
+    assert summary.timing.stddev_per_file == pytest.approx(statistics.stdev([1e10, 0.5e10]))
+    json.dumps(summary.to_dict(), allow_nan=False)  # no inf, no nan anywhere
+    json.dumps(m.get_file_metrics(), allow_nan=False)
 
 
 def _error_fields(row: dict[str, Any]) -> tuple[Any, Any, Any]:

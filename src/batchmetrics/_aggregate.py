@@ -469,9 +469,16 @@ def _field(state: dict[str, Any], name: str) -> Any:
     return state[name]
 
 
+#: Totals in a state are below this: sums of per-file counts (< 2**128) over fewer
+#: than 2**64 files. Past it, rates could not convert them to float.
+_TOTAL_LIMIT = 2**192
+
+
 def _count(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {_show(value)}")
+    if value >= _TOTAL_LIMIT:
+        raise ValueError(f"{name} must be < 2**192, got an int of {value.bit_length()} bits")
     return value
 
 

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from ._aggregate import Aggregate
 from ._events import STATUS_NAMES, FileRecord
+from ._export import temp_name
 from ._render import json_text
 from ._store import History, HistoryError, StoredRun
 from ._summary import BatchMetricsSummary
@@ -511,7 +512,7 @@ def _new_temp(folder: str, base: str) -> tuple[int, str]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) \
         | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(folder, temp_name(base, secrets.token_hex(6)))
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from itertools import chain
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeGuard, TypeVar, overload
 
 import anyio
 import anyio.from_thread
@@ -203,6 +203,8 @@ class BatchMetrics:
         self._inbox = ThreadInbox(buffer_size)
         self._inbox_used = anyio.Event()
         self._pump_lock = anyio.Lock()
+        self._outputs_lock = anyio.Lock()  # the ticker's round, or the exit's final outputs
+        self._ticker_scope: anyio.CancelScope | None = None
         self._thread_lock = threading.Lock()
         self._in_flight_threads = 0
         self._loop_thread = -1
@@ -286,10 +288,17 @@ class BatchMetrics:
                 send.close()
                 await self._consumer_done.wait()
                 self._agg.end_ts = self._clock()
+                if self._consumer_error is not None and self._outcome == "finished":
+                    self._outcome = "failed"  # rows it had not handed to the sinks are lost
+                final = self._make_summary(final=True)
+                # A periodic write in progress ends first, and none starts after (the
+                # state is no longer RUNNING): the last write is the final summary's.
+                async with self._outputs_lock:
+                    problem = await self._finish_outputs(final)
+                # Final only now: had the outputs run past the deadline, it would say failed.
+                self._final = final
                 self._state = BatchState.FINISHED
-                self._final = self._make_summary()
                 self._finished.set()
-                problem = await self._finish_outputs()
             if scope.cancelled_caught:
                 self._stop_pump()
                 if self._consumer_scope is not None:
@@ -334,11 +343,9 @@ class BatchMetrics:
     def _needs_ticker(self) -> bool:
         return bool(self._summary_path or self._display or self._store is not None)
 
-    async def _finish_outputs(self) -> BaseException | None:
+    async def _finish_outputs(self, final: BatchMetricsSummary) -> BaseException | None:
         """Final summary file, display and store row; the first failure is returned."""
         problem: BaseException | None = None
-        final = self._final
-        assert final is not None
         if self._summary_path is not None:
             try:
                 await write_text_atomic(self._summary_path, json_text(final.to_dict()))
@@ -363,10 +370,13 @@ class BatchMetrics:
         self._state = BatchState.FINISHED
         final = self._final = self._make_summary()
         self._finished.set()
+        if self._ticker_scope is not None:  # a periodic write may hang like the outputs
+            self._ticker_scope.cancel()
         with anyio.move_on_after(_GRACE):
             if self._summary_path is not None:
-                with contextlib.suppress(Exception):
-                    await write_text_atomic(self._summary_path, json_text(final.to_dict()))
+                async with self._outputs_lock:
+                    with contextlib.suppress(Exception):
+                        await write_text_atomic(self._summary_path, json_text(final.to_dict()))
         if self._store is not None:
             try:
                 await self._store.abandon(self, final, self._outcome, grace=_GRACE)
@@ -467,17 +477,37 @@ class BatchMetrics:
         if self._files is not None:
             self._files.extend(batch, columns)
         self._window.add_batch(batch, counts)
+        # Every sink and the store get the rows the aggregate now counts, also when one
+        # of them fails; then the first failure ends the consumer.
+        failure: Exception | None = None
         if self._sinks:
             records: list[FileRecord] | None = None
             for sink, raw in zip(self._sinks, self._accepts_raw, strict=True):
-                if raw:
-                    await sink.write(batch)  # type: ignore[arg-type]  # same layout
-                else:
-                    if records is None:
-                        records = [FileRecord._make(ev) for ev in batch]
-                    await sink.write(records)
+                try:
+                    if raw:
+                        await sink.write(batch)  # type: ignore[arg-type]  # same layout
+                    else:
+                        if records is None:
+                            records = [FileRecord._make(ev) for ev in batch]
+                        await sink.write(records)
+                except Exception as exc:
+                    failure = self._first_failure(failure, exc, sink)
         if self._store is not None and self._store_files:
-            await self._store.write_files(self, batch)
+            try:
+                await self._store.write_files(self, batch)
+            except Exception as exc:
+                failure = self._first_failure(failure, exc, self._store)
+        if failure is not None:
+            raise failure
+
+    def _first_failure(self, first: Exception | None, exc: Exception,
+                       where: object) -> Exception:
+        """The failure to raise: the first one; any later one is logged."""
+        if first is None:
+            return exc
+        logger.error("batchmetrics: %r of batch %r failed too", where, self.batch_id,
+                     exc_info=exc)
+        return first
 
     async def _fold_with_markers(self, items: list[Any]) -> None:
         events: list[Event] = []
@@ -494,8 +524,14 @@ class BatchMetrics:
             await self._fold(events)
 
     async def _flush_sinks(self) -> None:
-        for sink in self._sinks:
-            await sink.flush()
+        failure: Exception | None = None
+        for sink in self._sinks:  # each one, also after another failed; then the first error
+            try:
+                await sink.flush()
+            except Exception as exc:
+                failure = self._first_failure(failure, exc, sink)
+        if failure is not None:
+            raise failure
 
     async def _close_sinks(self) -> None:
         """Flush and close every sink, also after a failure; the first error is kept."""
@@ -517,30 +553,40 @@ class BatchMetrics:
     # -- the periodic ticker ------------------------------------------------------------
 
     async def _tick(self) -> None:
+        """Every interval while running: summary file, store checkpoint, display.
+
+        Each round holds ``_outputs_lock``, which the exit takes for the final
+        outputs: a periodic write never lands after the final one.
+        """
         if self._display:
             from ._display import make_display
 
             self._display_obj = make_display(self)
-        while True:
-            await anyio.sleep(self._interval)
-            if self._state is not BatchState.RUNNING:
-                return
-            summary = self.summary()
+        with anyio.CancelScope() as self._ticker_scope:
+            while True:
+                await anyio.sleep(self._interval)
+                async with self._outputs_lock:
+                    if self._state is not BatchState.RUNNING:
+                        return
+                    await self._tick_once()
+
+    async def _tick_once(self) -> None:
+        summary = self.summary()
+        try:
+            if self._summary_path is not None:
+                await write_text_atomic(self._summary_path, json_text(summary.to_dict()))
+            if self._store is not None:
+                await self._store.checkpoint(self)
+        except Exception:
+            logger.warning("batchmetrics: periodic output of batch %r failed",
+                           self.batch_id, exc_info=True)
+        if self._display_obj is not None:
             try:
-                if self._summary_path is not None:
-                    await write_text_atomic(self._summary_path, json_text(summary.to_dict()))
-                if self._store is not None:
-                    await self._store.checkpoint(self)
+                self._display_obj.update(summary)
             except Exception:
-                logger.warning("batchmetrics: periodic output of batch %r failed",
-                               self.batch_id, exc_info=True)
-            if self._display_obj is not None:
-                try:
-                    self._display_obj.update(summary)
-                except Exception:
-                    logger.warning("batchmetrics: the display of batch %r failed; it is off "
-                                   "from now on", self.batch_id, exc_info=True)
-                    self._close_display(summary)
+                logger.warning("batchmetrics: the display of batch %r failed; it is off "
+                               "from now on", self.batch_id, exc_info=True)
+                self._close_display(summary)
 
     # -- recording ----------------------------------------------------------------------
 
@@ -585,13 +631,13 @@ class BatchMetrics:
             or measurements.__class__ is not int
             or bytes_processed.__class__ is not int
             or not filename
-            or not 0.0 <= duration <= 1.7976931348623157e308  # finite, >= 0; NaN fails
-            or samples < 0
-            or measurements < 0
-            or bytes_processed < 0
+            or not 0.0 <= duration <= 1e10  # MAX_SECONDS; NaN fails
+            # any count < 0 (the OR is then negative) or >= 2**128 (COUNT_LIMIT)
+            or (samples | measurements | bytes_processed) >> 128
             or (error_type is not None and error_type.__class__ is not str)
             or (error_message is not None and error_message.__class__ is not str)
-            or (memory_peak is not None and (memory_peak.__class__ is not int or memory_peak < 0))
+            or (memory_peak is not None
+                and (memory_peak.__class__ is not int or memory_peak >> 128))
         ):
             (filename, duration, samples, measurements, bytes_processed, error_type,
              error_message, memory_peak) = check_fields(
@@ -675,7 +721,7 @@ class BatchMetrics:
             or filename.__class__ is not str
             or not filename
             or duration.__class__ is not float
-            or not 0.0 <= duration <= 1.7976931348623157e308
+            or not 0.0 <= duration <= 1e10  # MAX_SECONDS; NaN fails
         ):
             if not isinstance(error_type, str):
                 raise TypeError(f"error_type must be a str, got {type(error_type).__name__} "
@@ -731,13 +777,16 @@ class BatchMetrics:
         (``str()`` of it). The wrapped function may return an int, taken as its
         ``samples``.
         """
-        if inspect.iscoroutinefunction(filename):  # bare @metrics.timed
+        if _is_async_function(filename):  # bare @metrics.timed
             return self.timed()(filename)
         if filename is not None and not callable(filename):
             raise TypeError(f"timed: filename must be a function of the call's arguments "
                             f"returning the file name, got {filename!r}")
 
         def decorate(fn: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+            if not callable(fn):  # bare @metrics.timed over a plain def took it as filename=
+                raise TypeError(f"@timed decorates an async function (async def), got "
+                                f"{type(fn).__name__} {fn!r}")
             @functools.wraps(fn)
             async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
                 if filename is not None:
@@ -746,8 +795,9 @@ class BatchMetrics:
                     name = os.fspath(args[0]) if isinstance(args[0], os.PathLike) else str(
                         args[0])
                 else:
-                    raise TypeError(f"@timed {fn.__qualname__}: no file name: pass the file as "
-                                    "the first argument or give filename=")
+                    what = getattr(fn, "__qualname__", fn)
+                    raise TypeError(f"@timed {what}: no file name: pass the file as the "
+                                    "first argument or give filename=")
                 async with self.track(name) as item:
                     result = await fn(*args, **kwargs)
                     if isinstance(result, int) and not isinstance(result, bool) and result >= 0:
@@ -909,8 +959,8 @@ class BatchMetrics:
             return self._final
         return self._make_summary()
 
-    def _make_summary(self) -> BatchMetricsSummary:
-        finished = self._state is BatchState.FINISHED
+    def _make_summary(self, *, final: bool = False) -> BatchMetricsSummary:
+        finished = final or self._state is BatchState.FINISHED
         now = self._clock()
         end = self._agg.end_ts
         recent = self._window.rates(end if finished and end is not None else now)
@@ -1095,6 +1145,14 @@ class TrackedInThread(_TrackedFile):
         fields = self._outcome(exc)
         if fields is not None:
             m.record_file_threadsafe(self.filename, **fields)
+
+
+def _is_async_function(obj: object) -> TypeGuard[Callable[..., Coroutine[Any, Any, Any]]]:
+    """``async def`` functions and objects with an ``async def __call__``."""
+    if inspect.iscoroutinefunction(obj):
+        return True
+    call = type(obj).__dict__.get("__call__") if callable(obj) else None
+    return not inspect.isroutine(obj) and inspect.iscoroutinefunction(call)
 
 
 def get_batch_stats(batch_id: str, metrics: BatchMetrics) -> dict[str, Any]:

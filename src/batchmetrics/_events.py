@@ -114,8 +114,17 @@ def check_bool(value: object, field: str) -> bool:
     return value
 
 
+#: The longest duration taken, in seconds (317 years): a file's start (its end less
+#: its duration) stays a date ``datetime`` can write, and squares and sums of
+#: durations stay far inside the float range (the variance never overflows).
+MAX_SECONDS = 1e10
+#: Counts are ints below this: sums over any number of files stay exact ints that
+#: still convert to float (for rates).
+COUNT_LIMIT = 2**128
+
+
 def check_duration(value: object, field: str = "duration") -> float:
-    """A finite number of seconds ``>= 0`` (``bool`` is refused)."""
+    """A number of seconds in ``[0, MAX_SECONDS]`` (``bool`` is refused)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         try:
             if isinstance(value, bool | str | bytes):
@@ -133,6 +142,8 @@ def check_duration(value: object, field: str = "duration") -> float:
         raise ValueError(f"{field} must be finite, got {value!r}")
     if value < 0.0:
         raise ValueError(f"{field} must be >= 0, got {value!r}")
+    if value > MAX_SECONDS:
+        raise ValueError(f"{field} must be <= {MAX_SECONDS:g} seconds, got {value!r}")
     return value
 
 
@@ -146,6 +157,9 @@ def check_count(value: object, field: str) -> int:
         raise TypeError(f"{field} must be an int, got {type(value).__name__} {value!r}") from None
     if count < 0:
         raise ValueError(f"{field} must be >= 0, got {count!r}")
+    if count >= COUNT_LIMIT:
+        shown = repr(count) if count < 10**60 else f"an int of {count.bit_length()} bits"
+        raise ValueError(f"{field} must be < 2**128, got {shown}")
     return count
 
 

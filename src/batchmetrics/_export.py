@@ -27,9 +27,23 @@ class ExportError(OSError):
     """An export could not be written; the previous file at that path is intact."""
 
 
+#: The longest file name most file systems take, in bytes.
+_NAME_MAX = 255
+
+
+def temp_name(name: str, token: str) -> str:
+    """``.{name}.{token}.tmp``, ``name`` cut short if needed to stay within ``_NAME_MAX`` bytes."""
+    suffix = f".{token}.tmp"
+    room = _NAME_MAX - 1 - len(suffix)
+    name = name[:room]
+    while len(os.fsencode(name)) > room:  # multi-byte characters: cut whole ones
+        name = name[:-1]
+    return f".{name}{suffix}"
+
+
 def _temp_path(target: str) -> str:
     folder, name = os.path.split(target)
-    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    return os.path.join(folder, temp_name(name, uuid.uuid4().hex[:12]))
 
 
 @asynccontextmanager
