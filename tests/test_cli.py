@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -10,13 +11,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from batchmetrics import BatchMetrics, History
+from batchmetrics import BatchMetrics, History, _cli
 
 SCRIPT = Path(sys.executable).parent / "batchmetrics"
 COMMANDS = ["stats", "list", "files", "compare", "watch", "merge", "demo"]
@@ -482,19 +484,22 @@ def test_a_run_with_a_damaged_summary_or_state_is_one_clear_line(
     db = tmp_path / "history.db"
 
     async def build() -> None:
-        async with BatchMetrics("r", store=db) as m:
-            await record_run(m, 20)
+        for batch_id in ("r", "healthy"):
+            async with BatchMetrics(batch_id, store=db) as m:
+                await record_run(m, 20)
 
     anyio.run(build)
     conn = sqlite3.connect(db)
     with conn:
-        conn.execute(f"UPDATE runs SET {column} = ?", (value,))
+        conn.execute(f"UPDATE runs SET {column} = ? WHERE batch_id = 'r'", (value,))
     conn.close()
     for command in (["list"], ["list", "--json"], ["stats", "r"], ["stats", "--json", "r"],
                     ["watch", "r"]):
         result = cli(*command, db=db)
         assert result.returncode == 2, (command, result.stderr)
         assert result.stderr == f"batchmetrics: run 'r' in {db} is damaged: {problem}\n"
+        # one damaged run does not hide the others
+        assert ("healthy" in result.stdout) == (command[0] == "list"), command
 
 
 _KILLED = """
@@ -522,3 +527,55 @@ def test_stats_json_of_a_killed_run_says_interrupted(tmp_path: Path) -> None:
     listed = json.loads(cli("list", "--json", db=db).stdout)
     assert stats["state"] == listed[0]["status"] == "interrupted"
     assert stats["total_files"] == 50
+
+
+def test_names_from_undecodable_bytes_are_shown_escaped(tmp_path: Path) -> None:
+    # os.listdir gives lone surrogates for bytes that are not UTF-8; they are stored as
+    # they are, and printing them used to end stats and files with a traceback
+    db = tmp_path / "history.db"
+
+    async def build() -> None:
+        async with BatchMetrics("odd", store=db, store_files=True) as m:
+            await m.record_error("bad-\udcff.wfm", "Err\udcfe", "boom", duration=0.5)
+            await m.record_file("good.wfm", duration=0.1)
+
+    anyio.run(build)
+    for command in (["stats", "odd"], ["files", "odd"]):
+        result = cli(*command, db=db)
+        assert result.returncode == 0, result.stderr
+        assert "bad-\\udcff.wfm" in result.stdout, command
+        assert "Traceback" not in result.stderr
+
+
+def test_a_batch_id_argument_that_is_not_valid_text_is_no_such_batch(tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+
+    async def build() -> None:
+        async with BatchMetrics("real", store=db) as m:
+            await m.record_file("a.wfm", duration=0.1)
+
+    anyio.run(build)
+    cmd = [str(SCRIPT), "--db", str(db), "stats", os.fsdecode(b"\xff")]
+    result = subprocess.run(cmd, capture_output=True, timeout=60, env=clean_env(), check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith(b"batchmetrics: no batch"), result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+def test_a_long_table_is_printed_as_its_rows_come() -> None:
+    # `files` of a million-file run used to hold every row before printing the first
+    out = io.StringIO()
+    printed_early: list[bool] = []
+
+    def rows() -> Iterator[list[str]]:
+        for i in range(5000):
+            if i == 4000:
+                printed_early.append("row-00001" in out.getvalue())
+            yield [f"row-{i:05d}", str(i)]
+
+    _cli.print_table(["NAME", "N"], rows(), right=(1,), out=out)
+    lines = out.getvalue().splitlines()
+    assert printed_early == [True]
+    assert len(lines) == 2 + 5000
+    assert lines[2].split() == ["row-00000", "0"]
+    assert lines[-1].split() == ["row-04999", "4999"]

@@ -296,6 +296,8 @@ async def test_a_version_1_file_is_migrated_and_its_chunks_still_read(db: Path) 
     with sqlite3.connect(db) as conn:  # back to schema 1: no file_packs table
         conn.execute("DROP TABLE file_packs")
         conn.execute("PRAGMA user_version = 1")
+    with History(db) as history:  # read as it is: a reader does not migrate the file
+        assert len(list(history.files("old-run"))) == 10
     async with BatchMetrics("new-run", store=db, store_files=True) as new:
         for i in range(10):
             await new.record_file(f"new-{i}", duration=0.1)
@@ -487,7 +489,7 @@ async def test_a_write_waits_for_a_lock_up_to_the_busy_timeout_then_fails(db: Pa
         # held past busy_timeout: begin gives up after it, naming the lock
         other.execute("BEGIN IMMEDIATE")
         t0 = anyio.current_time()
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
+        with pytest.raises(HistoryError, match=r"locked \(another process held its write lock"):
             async with BatchMetrics("refused", store=Store(db, busy_timeout=0.8)):
                 pass
         assert 0.8 <= anyio.current_time() - t0 < 3
@@ -594,6 +596,87 @@ async def test_readers_of_a_batch_whose_outputs_time_out_see_it_failed(db: Path)
         other.close()
     assert final.state == "failed"
     assert seen[-1] == final == m.summary()
+
+
+@pytest.mark.asyncio
+async def test_per_file_rows_wait_out_a_lock_longer_than_the_busy_timeout(db: Path) -> None:
+    # Another writer holds the file for 1.5 s, three busy timeouts: the chunks that
+    # could not be written stay queued and go out later; the batch goes on.
+    async with BatchMetrics("first", store=db):  # the file, so the lock has one
+        pass
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        async with anyio.create_task_group() as tg, BatchMetrics(
+                "locked-rows", store=Store(db, busy_timeout=0.5, flush_rows=100),
+                store_files=True, interval=60) as m:
+            for i in range(3000):
+                await m.record_file(f"f{i:04d}.wfm", duration=0.01, samples=i)
+                if i == 300:
+                    other.execute("BEGIN IMMEDIATE")
+                    tg.start_soon(_commit_after, other, 1.5)
+                if i % 50 == 0:
+                    await anyio.sleep(0.02)
+    finally:
+        other.close()
+    with History(db) as history:
+        run = history.get("locked-rows")
+        assert run is not None
+        assert (run.status, run.files_stored) == ("finished", 3000)
+        assert [r.samples for r in history.files("locked-rows")] == list(range(3000))
+
+
+@pytest.mark.asyncio
+async def test_another_applications_sqlite_file_is_refused_and_left_as_it_was(
+        tmp_path: Path) -> None:
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER, name TEXT)")
+        conn.execute("PRAGMA user_version = 7")
+    with pytest.raises(HistoryError, match=r"a SQLite database of something else \(tables "
+                                           r"customers\)"):
+        async with BatchMetrics("x", store=app):
+            pass
+    with sqlite3.connect(app) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not WAL
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("customers",)]
+
+
+def test_a_batch_id_that_is_not_valid_text_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match=r"batch_id must be valid text, got 'id\\ud800'"):
+        BatchMetrics("id\ud800")
+
+
+_BROKEN_CLOCK = """
+import sys, time
+import anyio
+from batchmetrics import BatchMetrics
+
+stopped = False
+
+def clock():
+    if stopped:
+        raise RuntimeError("the clock broke")
+    return time.time()
+
+async def main():
+    global stopped
+    async with BatchMetrics("clock", store=sys.argv[1], clock=clock, interval=60) as m:
+        await m.record_file("a.wfm", duration=0.1)
+        await m.snapshot()
+        stopped = True
+
+anyio.run(main)
+"""
+
+
+def test_an_exit_that_fails_still_ends_the_stores_thread(db: Path) -> None:
+    # The clock raises when the exit stamps the end: the exit fails, and the store's
+    # thread (not a daemon) used to keep the process alive for ever.
+    done = subprocess.run([sys.executable, "-c", _BROKEN_CLOCK, str(db)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "RuntimeError: the clock broke" in done.stderr
 
 
 _LOCKED_PAST_GRACE = """

@@ -16,6 +16,8 @@ import contextlib
 import difflib
 import errno
 import importlib.util
+import io
+import itertools
 import json
 import logging
 import math
@@ -108,13 +110,24 @@ def _use_rich(out: TextIO) -> bool:
     return True
 
 
+#: Rows a table is sized from; a longer one streams (``files`` of a million-file run).
+_TABLE_BLOCK = 1000
+
+
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
                 right: Iterable[int] = (), out: TextIO | None = None) -> None:
-    """Aligned columns; ``right`` are the indexes of right-aligned (numeric) columns."""
+    """Aligned columns; ``right`` are the indexes of right-aligned (numeric) columns.
+
+    A table longer than ``_TABLE_BLOCK`` rows is printed as its rows come, in
+    columns as wide as its first rows need: memory stays bounded.
+    """
     out = out or sys.stdout
-    rows = [list(r) for r in rows]
+    it = iter(rows)
+    first: list[Sequence[str]] = list(itertools.islice(it, _TABLE_BLOCK))
+    more = next(it, None)
+    rest: Iterable[Sequence[str]] = () if more is None else itertools.chain([more], it)
     right = set(right)
-    if _use_rich(out):
+    if more is None and _use_rich(out):
         from rich import box
         from rich.console import Console
         from rich.table import Table
@@ -122,11 +135,11 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for i, h in enumerate(headers):
             table.add_column(h, justify="right" if i in right else "left")
-        for row in rows:
+        for row in first:
             table.add_row(*row)
         Console(file=out, highlight=False).print(table)
         return
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in first)]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
@@ -134,7 +147,7 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
 
     print(line(headers), file=out)
     print("  ".join("-" * w for w in widths), file=out)
-    for row in rows:
+    for row in itertools.chain(first, rest):
         print(line(row), file=out)
 
 
@@ -294,25 +307,31 @@ def _list_row(run: StoredRun) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    damaged: list[HistoryError] = []
     with open_history(args) as history:
-        runs = history.runs(limit=None if args.status else args.limit)
+        runs = history.runs(limit=None if args.status else args.limit, damaged=damaged)
+    # The others are listed, the damaged ones named, and the exit code says so.
+    for problem in damaged:
+        print(f"batchmetrics: {problem}", file=sys.stderr)
+    code = 2 if damaged else 0
     if args.status:
         runs = [r for r in runs if r.status == args.status][: args.limit]
     rows = [_list_row(r) for r in runs]
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
+        return code
     if not rows:
-        print("no runs" + (f" with status {args.status}" if args.status else ""),
-              file=sys.stderr)
-        return 0
+        if not damaged:
+            print("no runs" + (f" with status {args.status}" if args.status else ""),
+                  file=sys.stderr)
+        return code
     print_table(
         ["BATCH", "STATUS", "STARTED", "FILES", "ERRORS", "DURATION", "FILES/S"],
         [[r["batch_id"], r["status"], fmt_time(r["started_at"]), fmt_int(r["total_files"]),
           f"{r['error_rate_percent']:.2f}%", fmt_seconds(r["duration_seconds"]),
           fmt_rate(r["files_per_second"])] for r in rows],
         right=(3, 4, 5, 6))
-    return 0
+    return code
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -723,6 +742,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        # a stored name from undecodable bytes (lone surrogates) is shown escaped
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         code: int = args.func(args)
     except CliError as exc:

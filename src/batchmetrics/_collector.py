@@ -141,6 +141,11 @@ class BatchMetrics:
             batch_id = str(uuid.uuid4())
         if not isinstance(batch_id, str) or not batch_id:
             raise TypeError(f"batch_id must be a non-empty str or None, got {batch_id!r}")
+        try:
+            batch_id.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no history, file or terminal takes it
+            raise ValueError(f"batch_id must be valid text, got {batch_id!r}") from None
+        batch_id = str.__str__(batch_id)  # a str subclass (numpy.str_): plain
         check_bool(keep_files, "keep_files")
         check_bool(store_files, "store_files")
         check_bool(display, "display")
@@ -278,36 +283,23 @@ class BatchMetrics:
             self._outcome = "cancelled"
         else:
             self._outcome = "failed"
-        problem: BaseException | None = None
-        self._exit_deadline = anyio.current_time() + self._shutdown_timeout
         with anyio.CancelScope(shield=True):
-            with anyio.CancelScope(deadline=self._exit_deadline) as scope:
-                self._inbox.close()
-                await self._pump_once()  # what threads recorded before the exit
-                self._stop_pump()
-                send.close()
-                await self._consumer_done.wait()
-                self._agg.end_ts = self._clock()
-                if self._consumer_error is not None and self._outcome == "finished":
-                    self._outcome = "failed"  # rows it had not handed to the sinks are lost
-                final = self._make_summary(final=True)
-                # A periodic write in progress ends first, and none starts after (the
-                # state is no longer RUNNING): the last write is the final summary's.
-                async with self._outputs_lock:
-                    problem = await self._finish_outputs(final)
-                # Final only now: had the outputs run past the deadline, it would say failed.
-                self._final = final
-                self._state = BatchState.FINISHED
-                self._finished.set()
-            if scope.cancelled_caught:
+            try:
+                problem = await self._finish(send)
+            except BaseException:
+                # A failure of the exit itself (a user's clock that raises, a bug): the
+                # batch's tasks and the store's thread must still end, or the process
+                # would never exit.
                 self._stop_pump()
                 if self._consumer_scope is not None:
                     self._consumer_scope.cancel()
-                what = ("finished draining but not writing its outputs"
-                        if self._consumer_done.is_set() else "did not finish draining")
-                problem = TimeoutError(
-                    f"batch {self.batch_id!r} {what} within {self._shutdown_timeout} s")
-                await self._finish_after_timeout()
+                if self._store is not None:
+                    await self._store.release(self)
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+                self._state = BatchState.FINISHED
+                self._finished.set()
+                raise
         tg.cancel_scope.cancel()  # the ticker; the consumer is done unless timed out
         await tg.__aexit__(None, None, None)
         if self._agg.end_ts is None:
@@ -339,6 +331,39 @@ class BatchMetrics:
             if exc is None:
                 raise problem
             exc.add_note(f"batchmetrics: while finishing batch {self.batch_id!r}: {problem!r}")
+
+    async def _finish(self, send: MemoryObjectSendStream[Any]) -> BaseException | None:
+        """Drain, then write the final outputs, within ``shutdown_timeout``; what went wrong."""
+        problem: BaseException | None = None
+        self._exit_deadline = anyio.current_time() + self._shutdown_timeout
+        with anyio.CancelScope(deadline=self._exit_deadline) as scope:
+            self._inbox.close()
+            await self._pump_once()  # what threads recorded before the exit
+            self._stop_pump()
+            send.close()
+            await self._consumer_done.wait()
+            self._agg.end_ts = self._clock()
+            if self._consumer_error is not None and self._outcome == "finished":
+                self._outcome = "failed"  # rows it had not handed to the sinks are lost
+            final = self._make_summary(final=True)
+            # A periodic write in progress ends first, and none starts after (the
+            # state is no longer RUNNING): the last write is the final summary's.
+            async with self._outputs_lock:
+                problem = await self._finish_outputs(final)
+            # Final only now: had the outputs run past the deadline, it would say failed.
+            self._final = final
+            self._state = BatchState.FINISHED
+            self._finished.set()
+        if scope.cancelled_caught:
+            self._stop_pump()
+            if self._consumer_scope is not None:
+                self._consumer_scope.cancel()
+            what = ("finished draining but not writing its outputs"
+                    if self._consumer_done.is_set() else "did not finish draining")
+            problem = TimeoutError(
+                f"batch {self.batch_id!r} {what} within {self._shutdown_timeout} s")
+            await self._finish_after_timeout()
+        return problem
 
     def _needs_ticker(self) -> bool:
         return bool(self._summary_path or self._display or self._store is not None)

@@ -146,6 +146,8 @@ _COMPACT = (",", ":")
 #: SQLite's own busy wait, per attempt, in seconds. Kept short: aiosqlite's thread
 #: cannot be stopped inside it; ``Store.busy_timeout`` is the total, over retries.
 _BUSY_SLICE = 0.1
+#: Per-file rows a store keeps waiting while the file cannot be written, in flushes.
+_MAX_BEHIND = 16
 _T = TypeVar("_T")
 
 
@@ -518,6 +520,8 @@ class Store:
                 raise ValueError(
                     f"batch {metrics.batch_id!r} is already in the history {self.path!r}: "
                     "give this run another batch_id") from None
+            except sqlite3.Error as exc:  # locked past busy_timeout, disk full, ...
+                raise self._error(f"cannot record batch {metrics.batch_id!r}", exc) from exc
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await conn.close()
@@ -554,7 +558,17 @@ class Store:
         if run.waiting() >= self.flush_rows:
             # Written behind: the consumer goes on folding while aiosqlite's thread
             # writes the chunk, and waits only if the previous one is still going.
-            await run.settle()
+            try:
+                await run.settle()
+            except sqlite3.Error as exc:
+                # Its rows stay queued, written first by the next write. Memory grows
+                # while the file cannot be written: past _MAX_BEHIND flushes, give up.
+                if run.waiting() >= _MAX_BEHIND * self.flush_rows:
+                    raise self._error(f"cannot store the per-file rows of batch "
+                                      f"{metrics.batch_id!r}", exc) from exc
+                logger.warning("batchmetrics: storing per-file rows of batch %r in %r failed "
+                               "(%s); %d rows wait and are retried", metrics.batch_id,
+                               self.path, exc, run.waiting())
             run.seal()
             run.writing = asyncio.ensure_future(self._write_chunks(run))
 
@@ -578,9 +592,12 @@ class Store:
             with contextlib.suppress(Exception):
                 await run.conn.interrupt()
             raise
-        except BaseException:
+        except BaseException as exc:
             del self._runs[id(metrics)]
             await _let_go(run.conn)
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(f"cannot record the end of batch {metrics.batch_id!r}",
+                                  exc) from exc
             raise
         del self._runs[id(metrics)]
         with anyio.CancelScope(shield=True):
@@ -612,6 +629,13 @@ class Store:
                     return
             await _let_go(run.conn)
 
+    async def release(self, metrics: BatchMetrics) -> None:
+        """Stop recording a batch without writing anything more (its exit failed): the
+        connection's thread must end, or it would keep the process alive."""
+        run = self._runs.pop(id(metrics), None)
+        if run is not None:
+            await _let_go(run.conn)
+
     # -- the writes ------------------------------------------------------------------------
 
     async def _write_end(self, run: _Run, metrics: BatchMetrics,
@@ -638,6 +662,7 @@ class Store:
             raise HistoryError(f"cannot open {self.path!r} as a batchmetrics history: "
                                f"{exc}") from exc
         try:
+            version = await self._check_ours(conn)
             # Large pages: packs of file rows are big blobs, written with 5x less work
             # than on 4 KiB pages; page_size takes effect only when the file is created.
             # One script, one hop to the thread; every pragma here may run again (switching
@@ -646,27 +671,33 @@ class Store:
                 conn.executescript,
                 "PRAGMA page_size = 65536; PRAGMA synchronous = NORMAL; "
                 "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL;")
-            await self._migrate(conn)
+            await self._migrate(conn, version)
         except sqlite3.DatabaseError as exc:
             with anyio.CancelScope(shield=True):
                 await conn.close()
-            if isinstance(exc, sqlite3.OperationalError) and _is_locked(exc):
-                raise
-            raise HistoryError(f"cannot use {self.path!r} as a batchmetrics history: {exc}") \
-                from exc
+            raise self._error("cannot use it as a batchmetrics history", exc) from exc
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await conn.close()
             raise
         return conn
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        version = await self._retry_locked(_user_version, conn)
-        if version == SCHEMA_VERSION:
-            return
+    async def _check_ours(self, conn: aiosqlite.Connection) -> int:
+        """The file's schema version; ``HistoryError`` if it is another application's
+        database or from a newer batchmetrics. Before any write: such a file is left as
+        it was (not even switched to WAL)."""
+        version, tables = await self._retry_locked(_version_and_tables, conn)
+        if tables and "runs" not in tables:
+            raise HistoryError(f"{self.path!r} is a SQLite database of something else (tables "
+                               f"{', '.join(sorted(tables)[:5])}): give the history its own file")
         if version > SCHEMA_VERSION:
             raise HistoryError(f"{self.path!r} has history schema {version}, newer than this "
                                f"batchmetrics knows ({SCHEMA_VERSION}): upgrade batchmetrics")
+        return version
+
+    async def _migrate(self, conn: aiosqlite.Connection, version: int) -> None:
+        if version == SCHEMA_VERSION:
+            return
         await self._retry_locked(conn.execute, "BEGIN IMMEDIATE")
         try:
             version = await _user_version(conn)  # another process may have migrated meanwhile
@@ -678,6 +709,13 @@ class Store:
         except BaseException:
             await _rollback(conn)
             raise
+
+    def _error(self, what: str, exc: sqlite3.Error) -> HistoryError:
+        """``HistoryError`` naming the file, and saying so when another writer held it."""
+        if _is_locked(exc):
+            return HistoryError(f"{self.path!r}: {what}: {exc} (another process held its "
+                                f"write lock for more than busy_timeout={self.busy_timeout:g} s)")
+        return HistoryError(f"{self.path!r}: {what}: {exc}")
 
     async def _retry_locked(self, fn: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         """Call ``fn`` (a statement that may find the file locked), for up to ``busy_timeout``.
@@ -732,6 +770,16 @@ class Store:
 async def _user_version(conn: aiosqlite.Connection) -> int:
     rows = list(await conn.execute_fetchall("PRAGMA user_version"))  # one hop to the thread
     return int(rows[0][0]) if rows else 0
+
+
+async def _version_and_tables(conn: aiosqlite.Connection) -> tuple[int, set[str]]:
+    """The schema version, and the names of the file's tables (SQLite's own left out)."""
+    rows = await conn.execute_fetchall(
+        "SELECT (SELECT user_version FROM pragma_user_version), name FROM sqlite_master "
+        "WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+        "UNION ALL SELECT (SELECT user_version FROM pragma_user_version), NULL")
+    rows = list(rows)
+    return int(rows[0][0]), {name for _, name in rows if name is not None}
 
 
 async def _let_go(conn: aiosqlite.Connection) -> None:
@@ -848,13 +896,14 @@ class History:
             self._conn.close()
             raise HistoryError(f"{self.path} is not a batchmetrics history database: {exc}") \
                 from exc
+        if version < 1 or not has_runs:
+            self._conn.close()
+            raise HistoryError(f"{self.path} is a SQLite file but holds no batchmetrics history")
         if version > SCHEMA_VERSION:
             self._conn.close()
             raise HistoryError(f"{self.path} has history schema {version}, newer than this "
                                f"batchmetrics knows ({SCHEMA_VERSION}): upgrade batchmetrics")
-        if version < 1 or not has_runs:
-            self._conn.close()
-            raise HistoryError(f"{self.path} is a SQLite file but holds no batchmetrics history")
+        self._version = int(version)  # read-only: an older file is read as it is
         self._host = socket.gethostname()
 
     def __enter__(self) -> History:
@@ -869,6 +918,8 @@ class History:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             return self._conn.execute(sql, params).fetchall()
+        except UnicodeEncodeError:  # a batch id with a lone surrogate: none is stored so
+            return []
         except sqlite3.DatabaseError as exc:
             raise HistoryError(f"cannot read {self.path}: {exc}") from exc
 
@@ -891,12 +942,25 @@ class History:
             expected_files=expected, store_files=bool(store_files),
             files_stored=files_stored, summary=summary, state=state)
 
-    def runs(self, limit: int | None = 20) -> list[StoredRun]:
-        """The most recently started runs first."""
+    def runs(self, limit: int | None = 20, *,
+             damaged: list[HistoryError] | None = None) -> list[StoredRun]:
+        """The most recently started runs first.
+
+        A damaged run raises ``HistoryError``; given a ``damaged`` list, it is left
+        out and its error appended there instead.
+        """
         sql = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id DESC"
         rows = self._query(sql + " LIMIT ?", (limit,)) if limit is not None else self._query(sql)
         now = time.time()
-        return [self._run(row, now) for row in rows]
+        runs = []
+        for row in rows:
+            try:
+                runs.append(self._run(row, now))
+            except HistoryError as exc:
+                if damaged is None:
+                    raise
+                damaged.append(exc)
+        return runs
 
     def get(self, batch_id: str) -> StoredRun | None:
         """The run with this batch id, or ``None``."""
@@ -919,11 +983,13 @@ class History:
         if not ids:
             return
         run_id, seq = ids[0][0], -1
+        # schema 1 had chunks only (a read-only History does not migrate the file)
+        packs = ("SELECT seq, 'pack' FROM file_packs WHERE run_id = ? AND seq > ? UNION ALL "
+                 if self._version >= 2 else "")
         while True:  # one pack or chunk at a time: memory stays bounded for any run size
             found = self._query(
-                "SELECT seq, 'pack' FROM file_packs WHERE run_id = ? AND seq > ? UNION ALL "
-                "SELECT seq, 'chunk' FROM file_chunks WHERE run_id = ? AND seq > ? "
-                "ORDER BY seq LIMIT 1", (run_id, seq, run_id, seq))
+                f"{packs}SELECT seq, 'chunk' FROM file_chunks WHERE run_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT 1", (run_id, seq, run_id, seq) if packs else (run_id, seq))
             if not found:
                 return
             seq, kind = found[0]
