@@ -6,6 +6,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -527,6 +528,38 @@ def test_stats_json_of_a_killed_run_says_interrupted(tmp_path: Path) -> None:
     listed = json.loads(cli("list", "--json", db=db).stdout)
     assert stats["state"] == listed[0]["status"] == "interrupted"
     assert stats["total_files"] == 50
+
+
+_KILLED_WITH_ROWS = """
+import os, signal, sys
+import anyio
+from batchmetrics import BatchMetrics, Store
+
+async def main(db):
+    async with BatchMetrics("rows", store=Store(db, flush_rows=100), store_files=True,
+                            interval=3600) as m:  # no checkpoint after the first
+        for i in range(500):
+            await m.record_file(f"f{i}", duration=0.01)
+        await m.snapshot()
+        await anyio.sleep(0.5)  # the packs are written behind the consumer
+        os.kill(os.getpid(), signal.SIGKILL)
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_stats_of_a_killed_run_says_how_many_rows_it_stored(tmp_path: Path) -> None:
+    # its counts are the last checkpoint's, its rows were written since: say both
+    db = tmp_path / "history.db"
+    done = subprocess.run([sys.executable, "-c", _KILLED_WITH_ROWS, str(db)], timeout=60,
+                          check=False)
+    assert done.returncode == -signal.SIGKILL
+    stored = len(cli("files", "--json", "rows", db=db).stdout.splitlines())
+    assert stored == 500
+    stats = cli("stats", "rows", db=db).stdout
+    assert re.search(r"total\s+0\n", stats), stats
+    assert re.search(r"rows stored\s+500 \(see `files`\)", stats), stats
 
 
 def test_names_from_undecodable_bytes_are_shown_escaped(tmp_path: Path) -> None:

@@ -88,7 +88,10 @@ def fmt_time(ts: float | None) -> str:
     """A Unix time as local ``YYYY-MM-DD HH:MM:SS``; ``-`` when unknown."""
     if ts is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):  # a damaged row: shown as the number it is
+        return repr(ts)
 
 
 def fmt_change(change: float | None) -> str:
@@ -242,12 +245,17 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
     def share(n: int) -> str:
         return f"{fmt_int(n)}  ({100 * n / total:.2f}%)" if total else fmt_int(n)
 
-    print_pairs("Files", [
+    files: list[tuple[str, str]] = [
         ("total", fmt_int(total)),
         ("succeeded", share(s.processed_count)),
         ("errors", share(s.error_count)),
         ("skipped", share(s.skip_count)),
-    ], out)
+    ]
+    if run.store_files and run.files_stored != total:
+        # per-file rows are written between checkpoints: a run that did not finish has
+        # stored more rows than its last checkpoint counted
+        files.append(("rows stored", f"{fmt_int(run.files_stored)} (see `files`)"))
+    print_pairs("Files", files, out)
     print_pairs("Time per successful file", [
         ("mean", fmt_seconds(t.average_per_file)),
         ("median", fmt_seconds(t.median_per_file)),
