@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -39,6 +40,21 @@ from batchmetrics._store import (
 def db(tmp_path: Path) -> Path:
     """The path of a history file that does not exist yet."""
     return tmp_path / "history.db"
+
+
+@pytest.fixture
+def other_writer(db: Path) -> Iterator[sqlite3.Connection]:
+    """Another connection to the history, which has a run "first" (another process, as
+    SQLite sees it): ``BEGIN IMMEDIATE`` on it holds the file's write lock."""
+
+    async def create() -> None:
+        async with BatchMetrics("first", store=db):
+            pass
+
+    anyio.run(create)
+    other = sqlite3.connect(db, isolation_level=None)
+    yield other
+    other.close()
 
 
 async def record_mixed(m: BatchMetrics, n: int) -> None:
@@ -472,30 +488,25 @@ async def test_the_exit_keeps_its_deadline_while_another_writer_holds_the_lock(d
 
 
 @pytest.mark.asyncio
-async def test_a_write_waits_for_a_lock_up_to_the_busy_timeout_then_fails(db: Path) -> None:
-    async with BatchMetrics("first", store=db):  # the file, so the lock has one
-        pass
-    other = sqlite3.connect(db, isolation_level=None)
-    try:
-        # held for 0.6 s, several times SQLite's own short busy wait: still waited for
-        other.execute("BEGIN IMMEDIATE")
-        with anyio.CancelScope() as scope:
-            scope.deadline = anyio.current_time() + 5
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_commit_after, other, 0.6)
-                async with BatchMetrics("waited", store=Store(db, busy_timeout=5.0)) as m:
-                    await m.record_file("a.wfm", duration=0.1)
-        assert not scope.cancelled_caught
-        # held past busy_timeout: begin gives up after it, naming the lock
-        other.execute("BEGIN IMMEDIATE")
-        t0 = anyio.current_time()
-        with pytest.raises(HistoryError, match=r"locked \(another process held its write lock"):
-            async with BatchMetrics("refused", store=Store(db, busy_timeout=0.8)):
-                pass
-        assert 0.8 <= anyio.current_time() - t0 < 3
-        other.execute("ROLLBACK")
-    finally:
-        other.close()
+async def test_a_write_waits_for_a_lock_up_to_the_busy_timeout_then_fails(
+        db: Path, other_writer: sqlite3.Connection) -> None:
+    # held for 0.6 s, several times SQLite's own short busy wait: still waited for
+    other_writer.execute("BEGIN IMMEDIATE")
+    with anyio.CancelScope() as scope:
+        scope.deadline = anyio.current_time() + 5
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_commit_after, other_writer, 0.6)
+            async with BatchMetrics("waited", store=Store(db, busy_timeout=5.0)) as m:
+                await m.record_file("a.wfm", duration=0.1)
+    assert not scope.cancelled_caught
+    # held past busy_timeout: begin gives up after it, naming the lock
+    other_writer.execute("BEGIN IMMEDIATE")
+    t0 = anyio.current_time()
+    with pytest.raises(HistoryError, match=r"locked \(another process held its write lock"):
+        async with BatchMetrics("refused", store=Store(db, busy_timeout=0.8)):
+            pass
+    assert 0.8 <= anyio.current_time() - t0 < 3
+    other_writer.execute("ROLLBACK")
     with History(db) as history:
         assert sorted(history.batch_ids()) == ["first", "waited"]
         run = history.get("waited")
@@ -599,25 +610,20 @@ async def test_readers_of_a_batch_whose_outputs_time_out_see_it_failed(db: Path)
 
 
 @pytest.mark.asyncio
-async def test_per_file_rows_wait_out_a_lock_longer_than_the_busy_timeout(db: Path) -> None:
+async def test_per_file_rows_wait_out_a_lock_longer_than_the_busy_timeout(
+        db: Path, other_writer: sqlite3.Connection) -> None:
     # Another writer holds the file for 1.5 s, three busy timeouts: the chunks that
     # could not be written stay queued and go out later; the batch goes on.
-    async with BatchMetrics("first", store=db):  # the file, so the lock has one
-        pass
-    other = sqlite3.connect(db, isolation_level=None)
-    try:
-        async with anyio.create_task_group() as tg, BatchMetrics(
-                "locked-rows", store=Store(db, busy_timeout=0.5, flush_rows=100),
-                store_files=True, interval=60) as m:
-            for i in range(3000):
-                await m.record_file(f"f{i:04d}.wfm", duration=0.01, samples=i)
-                if i == 300:
-                    other.execute("BEGIN IMMEDIATE")
-                    tg.start_soon(_commit_after, other, 1.5)
-                if i % 50 == 0:
-                    await anyio.sleep(0.02)
-    finally:
-        other.close()
+    async with anyio.create_task_group() as tg, BatchMetrics(
+            "locked-rows", store=Store(db, busy_timeout=0.5, flush_rows=100),
+            store_files=True, interval=60) as m:
+        for i in range(3000):
+            await m.record_file(f"f{i:04d}.wfm", duration=0.01, samples=i)
+            if i == 300:
+                other_writer.execute("BEGIN IMMEDIATE")
+                tg.start_soon(_commit_after, other_writer, 1.5)
+            if i % 50 == 0:
+                await anyio.sleep(0.02)
     with History(db) as history:
         run = history.get("locked-rows")
         assert run is not None
