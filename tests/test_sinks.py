@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from batchmetrics import BatchMetrics, CsvSink, FileRecord, JsonlSink, _sinks
 from batchmetrics._render import LOG_COLUMNS
 from batchmetrics.testing import MemorySink
 
-from .sinks import FailingSink
+from .sinks import FailingSink, HungSink
 
 
 async def _record_mix(metrics: BatchMetrics, n: int) -> None:
@@ -458,3 +459,59 @@ async def test_a_sink_whose_open_hangs_keeps_the_exit_deadline(tmp_path: Path) -
         reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         await anyio.sleep(0.2)
         os.close(reader)
+
+
+_STUCK_SINK = """
+import os, sys
+import anyio, anyio.lowlevel
+from batchmetrics import BatchMetrics, JsonlSink
+
+async def main(fifo, reader):
+    if reader:  # a reader that opens the pipe and never reads: the write is what hangs
+        os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:  # every write goes out at once; 2,000 rows fill the pipe, not the batch's buffer
+        async with BatchMetrics("stuck", sinks=[JsonlSink(fifo, buffer_bytes=0)],
+                                shutdown_timeout=1.0) as m:
+            for i in range(2_000):
+                await m.record_file(f"f{i}.wfm", duration=0.1)
+                await anyio.lowlevel.checkpoint()
+    except TimeoutError as exc:
+        print("TimeoutError:", exc, flush=True)
+
+anyio.run(main, sys.argv[1], sys.argv[2] == "reader")
+print("ended", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("stuck_in", ["open", "write"])
+def test_a_sink_stuck_for_good_does_not_keep_the_process_alive(
+        tmp_path: Path, stuck_in: str) -> None:
+    # A FIFO nobody reads stands for a dead disk: the open (no reader at all) or the
+    # write (a reader that never reads) never returns. The exit gives up at its
+    # deadline, and the process must then end: asyncio.run joins the loop's default
+    # executor, so a call stuck there kept the process alive for ever.
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [sys.executable, "-c", _STUCK_SINK, str(fifo), "reader" if stuck_in == "write" else "-"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("TimeoutError: batch 'stuck' did not finish draining")
+    assert done.stdout.endswith("ended\n")
+
+
+@pytest.mark.asyncio
+async def test_events_lost_by_a_cancelled_batch_past_its_deadline_are_reported(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The body is cancelled (a job's time limit) and the exit cannot drain in time: the
+    # cancellation goes on, and swallows any note on it, so the loss is logged.
+    with caplog.at_level(logging.ERROR, logger="batchmetrics"):
+        with anyio.move_on_after(0.3):
+            async with BatchMetrics("limited", sinks=[HungSink()], shutdown_timeout=0.5) as m:
+                for i in range(100_000):
+                    await m.record_file(f"f{i}.wfm", duration=0.01)
+    assert m.summary().state == "cancelled"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("while finishing batch 'limited'" in e and "did not finish draining" in e
+               for e in errors), errors

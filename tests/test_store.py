@@ -577,36 +577,63 @@ async def test_a_final_write_cut_off_by_the_deadline_is_retried_in_the_grace(db:
 
 
 @pytest.mark.asyncio
-async def test_readers_of_a_batch_whose_outputs_time_out_see_it_failed(db: Path) -> None:
-    # The final store write waits past the deadline for another writer's lock: live()
-    # readers and wait_finished() must get the final summary, which says failed, not
-    # an earlier one that said finished.
-    other = sqlite3.connect(db, isolation_level=None)
+async def test_readers_of_a_batch_whose_outputs_time_out_see_it_failed(
+        db: Path, other_writer: sqlite3.Connection, tmp_path: Path) -> None:
+    # The final store write waits past the deadline for another writer's lock, which
+    # is let go within the grace: live() readers and wait_finished() must wake to the
+    # final summary (failed, not an earlier finished one), with the summary file and
+    # the store already saying so.
+    summary_file = tmp_path / "summary.json"
     seen: list[BatchMetricsSummary] = []
-    m = BatchMetrics("late", store=db, shutdown_timeout=0.5, interval=60)
+    on_waking: list[tuple[str, str, str]] = []
+    m = BatchMetrics("late", store=db, summary_path=summary_file, shutdown_timeout=0.5,
+                     interval=60)
 
     async def watch() -> None:
         async for summary in m.live(0.05):
             seen.append(summary)
 
-    async def hold_lock_for(seconds: float) -> None:
-        other.execute("BEGIN IMMEDIATE")
-        await anyio.sleep(seconds)
-        other.execute("COMMIT")
+    async def wait() -> None:
+        final = await m.wait_finished()
+        with History(db) as history:
+            run = history.get("late")
+        assert run is not None
+        written = json.loads(summary_file.read_text(encoding="utf-8"))
+        on_waking.append((final.state, written["state"], run.status))
 
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch)
-            with pytest.raises(TimeoutError):  # noqa: PT012
-                async with m:
-                    await m.record_file("a.wfm", duration=0.1)
-                    tg.start_soon(hold_lock_for, 1.0)
-                    await anyio.lowlevel.checkpoint()
-            final = await m.wait_finished()
-    finally:
-        other.close()
-    assert final.state == "failed"
-    assert seen[-1] == final == m.summary()
+    async def hold_lock_for(seconds: float) -> None:
+        other_writer.execute("BEGIN IMMEDIATE")
+        await anyio.sleep(seconds)
+        other_writer.execute("COMMIT")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        tg.start_soon(wait)
+        with pytest.raises(TimeoutError):  # noqa: PT012
+            async with m:
+                await m.record_file("a.wfm", duration=0.1)
+                tg.start_soon(hold_lock_for, 1.0)
+                await anyio.lowlevel.checkpoint()
+    assert on_waking == [("failed", "failed", "failed")]
+    assert seen[-1] == m.summary()
+    assert seen[-1].state == "failed"
+
+
+@pytest.mark.asyncio
+async def test_a_store_that_fails_at_the_exit_makes_the_batch_failed_everywhere(
+        db: Path, other_writer: sqlite3.Connection, tmp_path: Path) -> None:
+    # The history stays locked past busy_timeout: the exit raises, so the summary,
+    # the summary file (already written as finished) and wait_finished say failed.
+    summary_file = tmp_path / "summary.json"
+    m = BatchMetrics("unrecorded", store=Store(db, busy_timeout=0.3),
+                     summary_path=summary_file, interval=60)
+    with pytest.raises(HistoryError, match="cannot record the end of batch"):  # noqa: PT012
+        async with m:
+            await m.record_file("a.wfm", duration=0.1)
+            other_writer.execute("BEGIN IMMEDIATE")
+    other_writer.execute("ROLLBACK")
+    assert (await m.wait_finished()).state == m.summary().state == "failed"
+    assert json.loads(summary_file.read_text(encoding="utf-8"))["state"] == "failed"
 
 
 @pytest.mark.asyncio

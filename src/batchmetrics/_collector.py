@@ -283,25 +283,34 @@ class BatchMetrics:
             self._outcome = "cancelled"
         else:
             self._outcome = "failed"
+        problem: BaseException | None = None
+        failure: BaseException | None = None
         with anyio.CancelScope(shield=True):
             try:
                 problem = await self._finish(send)
-            except BaseException:
+            except BaseException as exc_of_exit:
                 # A failure of the exit itself (a user's clock that raises, a bug): the
                 # batch's tasks and the store's thread must still end, or the process
                 # would never exit.
+                failure = exc_of_exit
                 self._stop_pump()
                 if self._consumer_scope is not None:
                     self._consumer_scope.cancel()
                 if self._store is not None:
                     await self._store.release(self)
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
-                self._state = BatchState.FINISHED
-                self._finished.set()
-                raise
-        tg.cancel_scope.cancel()  # the ticker; the consumer is done unless timed out
-        await tg.__aexit__(None, None, None)
+        # The tasks end (the consumer is done unless timed out); a cancellation of the
+        # body's scope is raised as the task group exits: it waits for the report below.
+        tg.cancel_scope.shield = True
+        tg.cancel_scope.cancel()
+        cancelled: BaseException | None = None
+        try:
+            await tg.__aexit__(None, None, None)
+        except anyio.get_cancelled_exc_class() as exc_of_group:
+            cancelled = exc_of_group
+        if failure is not None:
+            self._state = BatchState.FINISHED
+            self._finished.set()
+            raise failure
         if self._agg.end_ts is None:
             self._agg.end_ts = self._clock()
         self._state = BatchState.FINISHED
@@ -327,10 +336,18 @@ class BatchMetrics:
                 problem.add_note(f"batchmetrics: also, {error}")
             else:
                 problem = error
+        going_on = exc if exc is not None else cancelled  # raised whatever happened here
         if problem is not None:
-            if exc is None:
+            if going_on is None:
                 raise problem
-            exc.add_note(f"batchmetrics: while finishing batch {self.batch_id!r}: {problem!r}")
+            # A cancellation is often swallowed by its scope, note and all: the problem
+            # (events lost, say) is logged too.
+            going_on.add_note(f"batchmetrics: while finishing batch {self.batch_id!r}: "
+                              f"{problem!r}")
+            logger.error("batchmetrics: while finishing batch %r (%s): %s", self.batch_id,
+                         type(going_on).__name__, problem)
+        if cancelled is not None and exc is None:
+            raise cancelled
 
     async def _finish(self, send: MemoryObjectSendStream[Any]) -> BaseException | None:
         """Drain, then write the final outputs, within ``shutdown_timeout``; what went wrong."""
@@ -345,11 +362,10 @@ class BatchMetrics:
             self._agg.end_ts = self._clock()
             if self._consumer_error is not None and self._outcome == "finished":
                 self._outcome = "failed"  # rows it had not handed to the sinks are lost
-            final = self._make_summary(final=True)
             # A periodic write in progress ends first, and none starts after (the
             # state is no longer RUNNING): the last write is the final summary's.
             async with self._outputs_lock:
-                problem = await self._finish_outputs(final)
+                final, problem = await self._finish_outputs()
             # Final only now: had the outputs run past the deadline, it would say failed.
             self._final = final
             self._state = BatchState.FINISHED
@@ -368,21 +384,39 @@ class BatchMetrics:
     def _needs_ticker(self) -> bool:
         return bool(self._summary_path or self._display or self._store is not None)
 
-    async def _finish_outputs(self, final: BatchMetricsSummary) -> BaseException | None:
-        """Final summary file, display and store row; the first failure is returned."""
+    async def _finish_outputs(self) -> tuple[BatchMetricsSummary, BaseException | None]:
+        """Final summary file, store row and display; the final summary, and the first
+        failure. A failure makes a finished batch failed (the exit raises it), and
+        what was already written says so too."""
+        final = self._make_summary(final=True)
         problem: BaseException | None = None
+        written_to = None
         if self._summary_path is not None:
             try:
                 await write_text_atomic(self._summary_path, json_text(final.to_dict()))
+                written_to = self._summary_path
             except Exception as exc:
-                problem = problem or exc
+                problem = exc
+                final = self._failed_final(final)
         if self._store is not None:
             try:
                 await self._store.finish(self, final, self._outcome)
             except Exception as exc:
                 problem = problem or exc
+                failed = self._failed_final(final)
+                if written_to is not None and failed is not final:  # it said finished
+                    with contextlib.suppress(Exception):
+                        await write_text_atomic(written_to, json_text(failed.to_dict()))
+                final = failed
         self._close_display(final)
-        return problem
+        return final, problem
+
+    def _failed_final(self, final: BatchMetricsSummary) -> BatchMetricsSummary:
+        """The final summary of a batch whose outputs failed: ``failed`` if it had finished."""
+        if self._outcome != "finished":
+            return final
+        self._outcome = "failed"
+        return self._make_summary(final=True)
 
     async def _finish_after_timeout(self) -> None:
         """After the exit's deadline: the summary file and the store row, as far as
@@ -394,7 +428,6 @@ class BatchMetrics:
             self._agg.end_ts = self._clock()
         self._state = BatchState.FINISHED
         final = self._final = self._make_summary()
-        self._finished.set()
         if self._ticker_scope is not None:  # a periodic write may hang like the outputs
             self._ticker_scope.cancel()
         with anyio.move_on_after(_GRACE):
@@ -409,6 +442,7 @@ class BatchMetrics:
                 logger.warning("batchmetrics: the store of batch %r could not record its "
                                "end after the timeout", self.batch_id, exc_info=True)
         self._close_display(final)
+        self._finished.set()  # readers wake once the outputs are as final as they get
 
     def _close_display(self, final: BatchMetricsSummary) -> None:
         if self._display_obj is not None:

@@ -6,19 +6,22 @@ failed write leaves the previous file as it was and no temp file behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TextIO
 
 import aiofiles
 import aiofiles.os
+import aiofiles.threadpool
 import anyio
-import anyio.to_thread
 from aiofiles.threadpool.text import AsyncTextIOWrapper
 
+from ._blocking import FILE_EXECUTOR
 from ._events import Event
 from ._render import csv_header, csv_rows, export_json_chunks
 
@@ -46,30 +49,58 @@ def _temp_path(target: str) -> str:
     return os.path.join(folder, temp_name(name, uuid.uuid4().hex[:12]))
 
 
+#: How long a cancelled write waits for its temp file to be closed and removed. On a
+#: healthy disk that is instant; on a hung one the caller's deadline must still hold.
+_CLEANUP_WAIT = 2.0
+
+
+async def _open_temp(tmp: str) -> AsyncTextIOWrapper:
+    """Create ``tmp`` for writing, in a file thread. Cancellable: an open can hang on a
+    dead mount. A file created after its caller gave up is closed and removed."""
+    # surrogateescape: a file name read from undecodable bytes (os.listdir gives lone
+    # surrogates for them) is written back as those same bytes
+    loop = asyncio.get_running_loop()
+    opening = loop.run_in_executor(FILE_EXECUTOR, functools.partial(
+        open, tmp, "x", encoding="utf-8", errors="surrogateescape", newline=""))
+    try:
+        raw = await asyncio.shield(opening)
+    except BaseException:
+        opening.add_done_callback(functools.partial(_drop_unclaimed, tmp))
+        raise
+    return aiofiles.threadpool.wrap(raw, loop=loop, executor=FILE_EXECUTOR)  # type: ignore[no-any-return]
+
+
+def _drop_unclaimed(tmp: str, opening: asyncio.Future[TextIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
 @asynccontextmanager
 async def atomic_text_file(path: str | os.PathLike[str]) -> AsyncIterator[AsyncTextIOWrapper]:
-    """Open a temp file beside ``path``; on success it replaces ``path`` atomically."""
+    """Open a temp file beside ``path``; on success it replaces ``path`` atomically.
+
+    A cancelled or failed write leaves the previous file, and neither an open file nor
+    a temp file behind (on a hung disk it gives up waiting for that after a moment).
+    """
     target = os.fspath(path)
     tmp = _temp_path(target)
     try:
-        # Opening, closing and removing the temp file are shielded (bounded, local):
-        # a cancelled export leaves neither an open file nor a temp file behind.
-        with anyio.CancelScope(shield=True):
-            # surrogateescape: a file name read from undecodable bytes (os.listdir gives
-            # lone surrogates for them) is written back as those same bytes
-            f = await aiofiles.open(tmp, "w", encoding="utf-8", errors="surrogateescape",
-                                    newline="")
+        f = await _open_temp(tmp)
         try:
             yield f
             await f.flush()
-            await anyio.to_thread.run_sync(os.fsync, f.fileno())
+            await asyncio.get_running_loop().run_in_executor(FILE_EXECUTOR, os.fsync,
+                                                             f.fileno())
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_WAIT):
                 await f.close()
-        await aiofiles.os.replace(tmp, target)
+        await aiofiles.os.replace(tmp, target, executor=FILE_EXECUTOR)
     except BaseException as exc:
-        with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
-            await aiofiles.os.remove(tmp)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_WAIT), \
+                contextlib.suppress(OSError):
+            await aiofiles.os.remove(tmp, executor=FILE_EXECUTOR)
         if isinstance(exc, Exception):
             raise ExportError(f"could not write {target!r}: {exc}") from exc
         raise

@@ -20,6 +20,7 @@ import aiofiles
 import aiofiles.os
 import anyio
 
+from ._blocking import FILE_EXECUTOR
 from ._events import Event, FileRecord, check_bool, check_path
 from ._render import csv_header, csv_rows, jsonl_bytes, log_lines
 
@@ -57,7 +58,7 @@ _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 def _write_all(file: io.FileIO, pieces: list[bytes]) -> None:
     """Write ``pieces`` to ``file`` in order, in as few system calls as the kernel allows.
 
-    Runs in aiofiles' thread, and holds ``file`` while it runs (see ``aclose``).
+    Runs in a file thread, and holds ``file`` while it runs (see ``aclose``).
     ``writev`` gathers the pieces without joining them into one large buffer (fresh
     pages from the OS, costlier than the copy) and releases the GIL once per call.
     A short write (a full disk, a file size limit) goes on from where it stopped,
@@ -87,14 +88,15 @@ def _write_all(file: io.FileIO, pieces: list[bytes]) -> None:
             views[0] = memoryview(views[0])[written:]
 
 
-# Blocking calls in aiofiles' executor (the loop's default one), as aiofiles runs its own.
+# Blocking calls go to FILE_EXECUTOR's daemon threads, through aiofiles where it has
+# the call: one stuck on a dead disk must not keep the process alive.
 _close_async = aiofiles.os.wrap(io.FileIO.close)
 
 
 async def _open_in_thread(path: str, mode: str) -> io.FileIO:
-    """``io.FileIO(path, mode)`` in the executor. Cancellable (an open can hang on a
+    """``io.FileIO(path, mode)`` in a file thread. Cancellable (an open can hang on a
     FIFO or a dead mount); a file opened after its caller was cancelled is closed."""
-    opening = asyncio.get_running_loop().run_in_executor(None, io.FileIO, path, mode)
+    opening = asyncio.get_running_loop().run_in_executor(FILE_EXECUTOR, io.FileIO, path, mode)
     try:
         return await asyncio.shield(opening)
     except BaseException:
@@ -145,7 +147,8 @@ class _FileSink:
             existed = False
             if self._append:
                 try:
-                    existed = await aiofiles.os.path.getsize(self.path) > 0
+                    size = await aiofiles.os.path.getsize(self.path, executor=FILE_EXECUTOR)
+                    existed = size > 0
                 except FileNotFoundError:
                     existed = False
             f = await _open_in_thread(self.path, "a" if self._append else "w")
@@ -185,7 +188,7 @@ class _FileSink:
     async def _write_out(self, *, behind: bool = False) -> None:
         """Write the buffer out, in order after the write in flight.
 
-        ``behind``: start the write (in aiofiles' thread) and return, so the
+        ``behind``: start the write (in a file thread) and return, so the
         consumer goes on while the data is copied to the file; the next write,
         flush or close waits for it first.
         """
@@ -200,7 +203,7 @@ class _FileSink:
             # submitted now (not when a task first runs): the job surely runs, and ends
             # by clearing _job_running
             self._writing = asyncio.get_running_loop().run_in_executor(
-                None, self._write_job, f, pieces)
+                FILE_EXECUTOR, self._write_job, f, pieces)
             if not behind:
                 await self._settle()
 
@@ -240,7 +243,7 @@ class _FileSink:
                     deferred = self._close_after_job = self._job_running
                 if not deferred:
                     with anyio.CancelScope(shield=True):
-                        await _close_async(f)
+                        await _close_async(f, executor=FILE_EXECUTOR)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
