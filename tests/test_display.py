@@ -75,3 +75,27 @@ def test_a_terminal_that_goes_away_mid_batch_does_not_fail_the_batch(tmp_path: P
     assert "display of batch 'shown' failed" in stderr  # said, not raised
     written = json.loads(summary.read_text(encoding="utf-8"))
     assert (written["state"], written["total_files"]) == ("finished", 40)
+
+
+def test_without_rich_or_logging_set_up_the_status_line_goes_to_stderr() -> None:
+    # display=True asked to see progress: with rich missing and logging not set up,
+    # the INFO lines were dropped and nothing showed
+    code = """
+import sys
+sys.modules["rich"] = None  # not installed
+import anyio
+from batchmetrics import BatchMetrics
+
+async def main():
+    async with BatchMetrics("plain", display=True, interval=0.05, total_files=10) as m:
+        for i in range(10):
+            await m.record_file(f"f{i}.wfm", duration=0.01)
+            await anyio.sleep(0.03)
+
+anyio.run(main)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    lines = done.stderr.splitlines()
+    assert any(line.startswith("batch plain: ") and "files/s now" in line for line in lines)
+    assert lines[-1].startswith("finished: batch plain: 10/10 (100.0%) files"), lines[-1]

@@ -4,6 +4,9 @@ Constant-memory streaming aggregates, live summaries, atomic exports and a
 SQLite history of runs. Start with :class:`BatchMetrics`.
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
 from ._aggregate import Aggregate as Aggregate
 from ._aggregate import merge_states as merge_states
 from ._collector import BatchMetrics as BatchMetrics
@@ -55,3 +58,9 @@ __all__ = [
     "get_batch_stats",
     "merge_states",
 ]
+
+#: The installed distribution's version.
+try:
+    __version__ = _version("batchmetrics")
+except _PackageNotFoundError:  # pragma: no cover - run from a source tree, not installed
+    __version__ = "0+unknown"

@@ -452,7 +452,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           "fail_on_regression": args.fail_on_regression,
                           "regressions": regressions}, indent=2, allow_nan=False))
     else:
-        print_table(["", run_a.batch_id, run_b.batch_id, "CHANGE", ""], rows, right=(1, 2, 3))
+        print_table(["", run_a.batch_id, run_b.batch_id, "CHANGE",
+                     "REGRESSION" if regressions else ""], rows, right=(1, 2, 3))
         for run in (run_a, run_b):
             if run.status != "finished":
                 print(f"note: {run.batch_id} is {run.status}", file=sys.stderr)
@@ -654,6 +655,12 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     db_help = (f"the history file (default: ${ENV_DB}, else ./{DEFAULT_DB})")
     parser = argparse.ArgumentParser(
@@ -662,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(BatchMetrics(..., store=path)).",
         epilog="Start with `batchmetrics demo`, then `batchmetrics list`.")
     parser.add_argument("--db", help=db_help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

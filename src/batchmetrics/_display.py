@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._summary import BatchMetricsSummary
@@ -47,13 +48,23 @@ def status_line(summary: BatchMetricsSummary) -> str:
 
 
 class LogDisplay:
-    """Without ``rich``: an INFO log line every interval."""
+    """Without ``rich``: an INFO log line every interval, on the ``batchmetrics`` logger.
+
+    Where logging would drop it (not configured, or above INFO), the line goes to
+    stderr instead: ``display=True`` asked to see it.
+    """
+
+    def _show(self, text: str) -> None:
+        if logger.hasHandlers() and logger.isEnabledFor(logging.INFO):
+            logger.info("%s", text)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def update(self, summary: BatchMetricsSummary) -> None:
-        logger.info("%s", status_line(summary))
+        self._show(status_line(summary))
 
     def close(self, summary: BatchMetricsSummary) -> None:
-        logger.info("finished: %s", status_line(summary))
+        self._show(f"finished: {status_line(summary)}")
 
 
 class RichDisplay:

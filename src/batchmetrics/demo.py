@@ -29,10 +29,13 @@ MAGIC = b"WFM1"
 
 
 def make_files(folder: Path, count: int, seed: int = 42) -> list[Path]:
-    """Write ``count`` files (every 37th corrupt, every 53rd truncated) and a few duplicates."""
+    """Write ``count`` files: every 37th corrupt, every 53rd truncated, and 1 in 100
+    (at least one) an exact copy of an earlier one, which the pipeline skips."""
     rng = random.Random(seed)
+    copies = max(count // 100, 1) if count > 1 else 0
+    originals = count - copies
     paths = []
-    for i in range(count):
+    for i in range(originals):
         n = rng.randrange(2_000, 40_000)
         header = MAGIC + struct.pack("<I", n)
         if i % 37 == 5:
@@ -43,7 +46,8 @@ def make_files(folder: Path, count: int, seed: int = 42) -> list[Path]:
         path = folder / f"capture_{i:05d}.wfm"
         path.write_bytes(header + body)
         paths.append(path)
-    for j in range(0, count, 97):  # exact copies of earlier files: the pipeline skips them
+    for k in range(copies):
+        j = k * originals // copies  # spread over the originals
         dup = folder / f"capture_{j:05d}_copy.wfm"
         dup.write_bytes(paths[j].read_bytes())
         paths.append(dup)
