@@ -290,7 +290,8 @@ def test_compare_json_is_strict_json_when_errors_appear_from_none(tmp_path: Path
     assert rate["change_percent"] is None
     assert rate["worse_percent"] is None
     assert rate["regression"] is True
-    assert report["regressions"] == ["error rate +inf%"]
+    # (files/s, from wall time, may differ too on a busy machine)
+    assert "error rate +inf%" in report["regressions"]
     text = cli("compare", "clean", "broken", db=db)
     assert "+inf%" in {line.split("  ")[0]: line for line in text.stdout.splitlines()}[
         "error rate"]

@@ -516,3 +516,36 @@ async def test_the_timeout_is_what_is_raised_when_a_sink_also_fails_to_close() -
         async with m:
             await m.record_file("a.wfm", duration=0.1)
     assert any("OSError" in note for note in caught.value.__notes__)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("where", ["write", "aclose"])
+async def test_a_sinks_system_exit_goes_on_as_it_is(where: str) -> None:
+    # it used to come out as RuntimeError("the consumer ... failed: SystemExit(3)")
+    class Exiting:
+        async def write(self, records: object) -> None:
+            if where == "write":
+                raise SystemExit(3)
+
+        async def flush(self) -> None:
+            pass
+
+        async def aclose(self) -> None:
+            if where == "aclose":
+                raise SystemExit(3)
+
+    with pytest.raises(SystemExit) as caught:
+        async with BatchMetrics("exiting", sinks=[Exiting()]) as m:
+            await m.record_file("a.wfm", duration=0.1)
+    assert caught.value.code == 3
+
+
+@pytest.mark.asyncio
+async def test_a_failed_summary_file_is_not_hidden_by_a_failed_sink(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder" / "summary.json"
+    with pytest.raises(RuntimeError, match="consumer of batch 'both' failed") as caught:
+        async with BatchMetrics("both", sinks=[FailingSink()], summary_path=missing,
+                                interval=3600) as m:
+            await m.record_file("a.wfm", duration=0.1)
+    assert any("could not write" in note and "summary.json" in note
+               for note in caught.value.__notes__)

@@ -292,3 +292,22 @@ async def test_atomic_writes_take_the_longest_file_names(tmp_path: Path) -> None
     assert json.loads(summary.read_text(encoding="utf-8")) == m.summary().to_dict()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [long, long[:-5] + ".csv", summary.name])  # no temp file left behind
+
+
+@pytest.mark.parametrize("kind", ["json", "csv"])
+def test_an_export_cancelled_just_before_its_loop_ends_leaves_no_temp_file(
+        tmp_path: Path, kind: str) -> None:
+    # The open of the temp file was still in its thread when the caller was cancelled
+    # and the loop then closed: the file came after, and nobody removed it.
+    async def once(delay: float) -> None:
+        async with BatchMetrics("x") as m:
+            await m.record_file("a.wfm", duration=0.1)
+        export = m.export_json if kind == "json" else m.export_csv
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(export, tmp_path / f"out.{kind}")
+            await anyio.sleep(delay)
+            tg.cancel_scope.cancel()
+
+    for i in range(100):
+        anyio.run(once, i % 10 * 0.0001)
+    assert _temp_files(tmp_path) == []

@@ -515,3 +515,73 @@ async def test_events_lost_by_a_cancelled_batch_past_its_deadline_are_reported(
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("while finishing batch 'limited'" in e and "did not finish draining" in e
                for e in errors), errors
+
+
+_STUCK_THEN_HEALTHY = """
+import os, sys
+import anyio
+from batchmetrics import BatchMetrics, JsonlSink
+
+async def main(folder):
+    fifos = [os.path.join(folder, f"dead-{i}.fifo") for i in range(12)]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    try:  # 12 opens stuck for good, as on a dead mount
+        async with BatchMetrics("dead", sinks=[JsonlSink(f) for f in fifos],
+                                shutdown_timeout=0.2) as m:
+            await m.record_file("a.wfm", duration=0.1)
+    except TimeoutError:
+        pass
+    with anyio.fail_after(10):  # then a healthy disk, in the same process
+        async with BatchMetrics("healthy", sinks=[JsonlSink(os.path.join(folder, "ok.jsonl"))],
+                                summary_path=os.path.join(folder, "ok-summary.json")) as m:
+            await m.record_file("b.wfm", duration=0.1)
+        await m.export_json(os.path.join(folder, "ok.json"))
+    print("healthy written", flush=True)
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_file_calls_stuck_on_a_dead_disk_do_not_starve_healthy_ones(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _STUCK_THEN_HEALTHY, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "healthy written\n"
+    assert (tmp_path / "ok.jsonl").read_text(encoding="utf-8").count("\n") == 1
+
+
+_FORKED = """
+import multiprocessing, os, sys
+import anyio
+from batchmetrics import BatchMetrics, JsonlSink
+
+async def job(tag):
+    folder = sys.argv[1]
+    with anyio.fail_after(10):
+        async with BatchMetrics(tag, sinks=[JsonlSink(os.path.join(folder, tag + ".jsonl"))],
+                                shutdown_timeout=5) as m:
+            await m.record_file("a.wfm", duration=0.1)
+        await m.export_json(os.path.join(folder, tag + ".json"))
+
+def child():
+    anyio.run(job, "child")
+
+anyio.run(job, "parent")  # the file threads exist now
+process = multiprocessing.get_context("fork").Process(target=child)
+process.start()
+process.join(30)
+print("child exit code", process.exitcode, flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_writes_its_files_too(tmp_path: Path) -> None:
+    # fork is multiprocessing's default on Linux: the child has none of the parent's
+    # file threads, and its writes used to wait for them for ever
+    done = subprocess.run([sys.executable, "-c", _FORKED, str(tmp_path)],
+                          capture_output=True, text=True, timeout=90, check=False)
+    assert done.stdout == "child exit code 0\n", done.stdout + done.stderr
+    assert json.loads((tmp_path / "child.json").read_text())["summary"]["total_files"] == 1
+    assert (tmp_path / "child.jsonl").read_text(encoding="utf-8").count("\n") == 1

@@ -266,9 +266,13 @@ async def test_timed_wraps_async_callable_objects_and_refuses_plain_functions() 
             await anyio.lowlevel.checkpoint()
             return 3
 
+    class Inherited(Process):
+        pass
+
     async with BatchMetrics("objects") as m:
         process = m.timed(Process())
         assert await process("a.wfm") == 3
+        assert await m.timed(Inherited())("c.wfm") == 3
 
         # over a plain def (mypy says so too): it was taken as filename= and recorded nothing
         @m.timed  # type: ignore[arg-type]
@@ -277,7 +281,8 @@ async def test_timed_wraps_async_callable_objects_and_refuses_plain_functions() 
 
         with pytest.raises(TypeError, match=r"decorates an async function .*'b\.wfm'"):
             plain("b.wfm")  # type: ignore[unused-coroutine]
-    assert [(r["filename"], r["samples"]) for r in m.get_file_metrics()] == [("a.wfm", 3)]
+    rows = [(r["filename"], r["samples"]) for r in m.get_file_metrics()]
+    assert rows == [("a.wfm", 3), ("c.wfm", 3)]
 
 
 def test_timed_refuses_a_file_name_that_is_not_a_function() -> None:

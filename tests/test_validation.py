@@ -45,6 +45,7 @@ BAD_CALLS = [
     _file(TypeError, "duration", False),
     _file(TypeError, "duration", None),
     _file(TypeError, "duration", b"1"),
+    _file(TypeError, "duration", np.True_),  # numpy's bool turns into 1.0 quietly
     _file(ValueError, "duration", 10**400, "1000000"),  # past the float range
     _file(ValueError, "duration", 1.5e10),  # past MAX_SECONDS (317 years)
     *[

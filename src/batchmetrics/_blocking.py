@@ -10,6 +10,7 @@ future whose loop has closed).
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -19,18 +20,30 @@ from typing import Any, ParamSpec, TypeVar
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
+#: Seconds an idle thread waits for work before it ends.
+_IDLE_EXIT = 30.0
+
 
 class DaemonExecutor(Executor):
-    """Up to ``max_workers`` daemon threads, started as calls need them."""
+    """Daemon threads, started as calls need them (up to ``max_workers``), ending when idle.
+
+    The cap is high: a thread stuck on a dead disk is never given back, and healthy
+    calls must still find threads. Safe across ``fork``: the child starts afresh.
+    """
 
     def __init__(self, max_workers: int, name: str) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = \
-            queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)  # released by a thread as it waits for work
-        self._lock = threading.Lock()
-        self._threads = 0
         self._max = max_workers
         self._name = name
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # a forked child has none of these threads
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = \
+            queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # a token per thread waiting for work
+        self._lock = threading.Lock()
+        self._threads = 0
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args,
                **kwargs: _P.kwargs) -> Future[_T]:
@@ -45,8 +58,16 @@ class DaemonExecutor(Executor):
         return future
 
     def _work(self) -> None:
+        jobs, idle = self._jobs, self._idle  # this generation's (see _reset)
         while True:
-            future, call = self._jobs.get()
+            try:
+                future, call = jobs.get(timeout=_IDLE_EXIT)
+            except queue.Empty:
+                if idle.acquire(blocking=False):  # its token unclaimed: nobody counts on it
+                    with self._lock:
+                        self._threads -= 1
+                    return
+                continue  # a submitter took its token: that job is on its way
             if future.set_running_or_notify_cancel():
                 try:
                     result = call()
@@ -55,8 +76,8 @@ class DaemonExecutor(Executor):
                 else:
                     future.set_result(result)
             del future, call  # hold nothing while idle
-            self._idle.release()
+            idle.release()
 
 
 #: Blocking file calls of sinks, exports and the summary file.
-FILE_EXECUTOR = DaemonExecutor(8, "batchmetrics-files")
+FILE_EXECUTOR = DaemonExecutor(64, "batchmetrics-files")

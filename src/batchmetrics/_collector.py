@@ -328,6 +328,8 @@ class BatchMetrics:
                 "duration": summary.timing.total_duration,
             },
         )
+        if isinstance(self._consumer_error, KeyboardInterrupt | SystemExit):
+            raise self._consumer_error  # a sink's interrupt or exit goes on as it is
         if self._consumer_error is not None:
             error = RuntimeError(f"the consumer of batch {self.batch_id!r} failed: "
                                  f"{self._consumer_error!r}")
@@ -335,6 +337,9 @@ class BatchMetrics:
             if isinstance(problem, TimeoutError):  # the timeout stays what is raised
                 problem.add_note(f"batchmetrics: also, {error}")
             else:
+                if problem is not None:  # a failed output too: said, not dropped
+                    error.add_note(f"batchmetrics: also, {problem!r}")
+                    logger.error("batchmetrics: batch %r: also, %s", self.batch_id, problem)
                 problem = error
         going_on = exc if exc is not None else cancelled  # raised whatever happened here
         if problem is not None:
@@ -603,10 +608,12 @@ class BatchMetrics:
             with anyio.CancelScope(shield=True, deadline=limit):
                 try:
                     await sink.aclose()
-                except Exception as exc:
+                except (Exception, KeyboardInterrupt, SystemExit) as exc:
+                    # the other sinks still close; an interrupt is raised by the exit
                     logger.error("batchmetrics: closing sink %r of batch %r failed", sink,
                                  self.batch_id, exc_info=True)
-                    if self._consumer_error is None:
+                    if self._consumer_error is None or isinstance(
+                            exc, KeyboardInterrupt | SystemExit):
                         self._consumer_error = exc
 
     # -- the periodic ticker ------------------------------------------------------------
@@ -1210,7 +1217,7 @@ def _is_async_function(obj: object) -> TypeGuard[Callable[..., Coroutine[Any, An
     """``async def`` functions and objects with an ``async def __call__``."""
     if inspect.iscoroutinefunction(obj):
         return True
-    call = type(obj).__dict__.get("__call__") if callable(obj) else None
+    call = inspect.getattr_static(type(obj), "__call__", None)  # inherited ones too
     return not inspect.isroutine(obj) and inspect.iscoroutinefunction(call)
 
 

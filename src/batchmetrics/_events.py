@@ -123,11 +123,17 @@ MAX_SECONDS = 1e10
 COUNT_LIMIT = 2**128
 
 
+def _is_bool(value: object) -> bool:
+    """``bool``, or numpy's (which converts to float quietly)."""
+    return isinstance(value, bool) or (
+        type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
+
+
 def check_duration(value: object, field: str = "duration") -> float:
     """A number of seconds in ``[0, MAX_SECONDS]`` (``bool`` is refused)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         try:
-            if isinstance(value, bool | str | bytes):
+            if _is_bool(value) or isinstance(value, str | bytes):
                 raise TypeError
             value = float(value)  # type: ignore[arg-type]  # numpy floats, Decimal, ...
         except (TypeError, ValueError):

@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, TextIO
+from typing import Any
 
 import aiofiles
 import aiofiles.os
@@ -56,7 +56,8 @@ _CLEANUP_WAIT = 2.0
 
 async def _open_temp(tmp: str) -> AsyncTextIOWrapper:
     """Create ``tmp`` for writing, in a file thread. Cancellable: an open can hang on a
-    dead mount. A file created after its caller gave up is closed and removed."""
+    dead mount. A file created after its caller gave up is closed (and the caller
+    removes it): waited for a moment, else closed and removed whenever it comes."""
     # surrogateescape: a file name read from undecodable bytes (os.listdir gives lone
     # surrogates for them) is written back as those same bytes
     loop = asyncio.get_running_loop()
@@ -65,12 +66,18 @@ async def _open_temp(tmp: str) -> AsyncTextIOWrapper:
     try:
         raw = await asyncio.shield(opening)
     except BaseException:
-        opening.add_done_callback(functools.partial(_drop_unclaimed, tmp))
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_WAIT), \
+                contextlib.suppress(Exception):
+            await opening
+        if opening.done():
+            _drop_unclaimed(tmp, opening)
+        else:  # a hung disk: when (if) it comes
+            opening.add_done_callback(functools.partial(_drop_unclaimed, tmp))
         raise
     return aiofiles.threadpool.wrap(raw, loop=loop, executor=FILE_EXECUTOR)  # type: ignore[no-any-return]
 
 
-def _drop_unclaimed(tmp: str, opening: asyncio.Future[TextIO]) -> None:
+def _drop_unclaimed(tmp: str, opening: asyncio.Future[Any]) -> None:
     if not opening.cancelled() and opening.exception() is None:
         opening.result().close()
         with contextlib.suppress(OSError):
