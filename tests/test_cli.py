@@ -613,3 +613,60 @@ def test_a_long_table_is_printed_as_its_rows_come() -> None:
     assert len(lines) == 2 + 5000
     assert lines[2].split() == ["row-00000", "0"]
     assert lines[-1].split() == ["row-04999", "4999"]
+
+
+def _commands_with_a_closed_reader(db: Path, *commands: list[str]) -> list[tuple[int, str]]:
+    """Each command's exit code and stderr when its output's reader is gone at once."""
+    env = {k: v for k, v in clean_env().items() if k != "PYTHONUNBUFFERED"}  # buffered
+    results = []
+    for command in commands:
+        child = subprocess.Popen([str(SCRIPT), "--db", str(db), *command], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert child.stdout is not None
+        child.stdout.close()  # as `| head -0` does
+        _, err = child.communicate(timeout=60)
+        results.append((child.returncode, err.decode()))
+    return results
+
+
+def test_a_reader_gone_away_stops_the_output_quietly_keeping_the_exit_code(
+        tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        for batch_id, errors in (("clean", 0), ("broken", 3)):
+            async with BatchMetrics(batch_id, store=db) as m:
+                for i in range(40):
+                    await m.record_file(f"f{i}", duration=0.01, samples=10)
+                for i in range(errors):
+                    await m.record_error(f"e{i}", "OSError", "read failed", duration=0.01)
+
+    anyio.run(build)
+    results = _commands_with_a_closed_reader(
+        db, ["list", "--json"], ["stats", "clean"],
+        ["compare", "clean", "broken", "--fail-on-regression", "10"])
+    # the output used to be flushed at exit, outside the handler: a traceback and code
+    # 120; and the regression gate's 1 used to become 0
+    assert [code for code, _ in results] == [0, 0, 1]
+    assert all(err == "" or err.startswith("regression beyond") for _, err in results), results
+
+
+def test_damaged_start_times_are_shown_not_tripped_over(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        for batch_id in ("text", "infinite"):
+            async with BatchMetrics(batch_id, store=db) as m:
+                await m.record_file("a.wfm", duration=0.1)
+
+    anyio.run(build)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE runs SET started_at = 'abc' WHERE batch_id = 'text'")
+        conn.execute("UPDATE runs SET started_at = 1e999 WHERE batch_id = 'infinite'")
+    listed = cli("list", db=db)
+    assert listed.returncode == 0, listed.stderr
+    stats = cli("stats", "text", db=db)
+    assert stats.returncode == 0, stats.stderr
+    assert re.search(r"started\s+'abc'", stats.stdout), stats.stdout
+    rows = json.loads(cli("list", "--json", db=db).stdout, parse_constant=_reject_constant)
+    assert {r["batch_id"]: r["started_at"] for r in rows} == {"text": None, "infinite": None}

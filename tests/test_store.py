@@ -312,13 +312,15 @@ async def test_a_version_1_file_is_migrated_and_its_chunks_still_read(db: Path) 
     with sqlite3.connect(db) as conn:  # back to schema 1: no file_packs table
         conn.execute("DROP TABLE file_packs")
         conn.execute("PRAGMA user_version = 1")
-    with History(db) as history:  # read as it is: a reader does not migrate the file
-        assert len(list(history.files("old-run"))) == 10
+    reader = History(db)  # read as it is: a reader does not migrate the file
+    assert len(list(reader.files("old-run"))) == 10
     async with BatchMetrics("new-run", store=db, store_files=True) as new:
         for i in range(10):
             await new.record_file(f"new-{i}", duration=0.1)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    with reader:  # opened before the migration, it reads the packs written since
+        assert len(list(reader.files("new-run"))) == 10
     with History(db) as history:
         assert [FileMetrics.from_event(r).to_dict() for r in history.files("old-run")] == \
             old.get_file_metrics()
@@ -659,20 +661,27 @@ async def test_per_file_rows_wait_out_a_lock_longer_than_the_busy_timeout(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(("tables", "version"), [
+    (["customers"], 7),
+    (["runs"], 0),  # a table of the same name, but no schema version: not ours
+    ([], 2),  # a version, but not one table
+])
 async def test_another_applications_sqlite_file_is_refused_and_left_as_it_was(
-        tmp_path: Path) -> None:
+        tmp_path: Path, tables: list[str], version: int) -> None:
     app = tmp_path / "app.db"
     with sqlite3.connect(app) as conn:
-        conn.execute("CREATE TABLE customers (id INTEGER, name TEXT)")
-        conn.execute("PRAGMA user_version = 7")
+        for table in tables:
+            conn.execute(f"CREATE TABLE {table} (id INTEGER, name TEXT)")
+        conn.execute(f"PRAGMA user_version = {version}")
     with pytest.raises(HistoryError, match=r"a SQLite database of something else \(tables "
-                                           r"customers\)"):
+                                           rf"{', '.join(tables) or 'none'}, version {version}"):
         async with BatchMetrics("x", store=app):
             pass
     with sqlite3.connect(app) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not WAL
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
-        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("customers",)]
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == version
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [
+            (t,) for t in tables]
 
 
 def test_a_batch_id_that_is_not_valid_text_is_refused_at_once() -> None:

@@ -90,7 +90,7 @@ def fmt_time(ts: float | None) -> str:
         return "-"
     try:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-    except (OverflowError, OSError, ValueError):  # a damaged row: shown as the number it is
+    except (OverflowError, OSError, ValueError, TypeError):  # a damaged row: shown as it is
         return repr(ts)
 
 
@@ -306,7 +306,7 @@ def _list_row(run: StoredRun) -> dict[str, Any]:
     return {
         "batch_id": run.batch_id,
         "status": run.status,
-        "started_at": run.started_at,
+        "started_at": run.started_at if _is_finite(run.started_at) else None,
         "total_files": s["total_files"],
         "error_rate_percent": s["errors"]["rate_percent"],
         "duration_seconds": s["timing"]["total_duration_seconds"],
@@ -321,7 +321,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     # The others are listed, the damaged ones named, and the exit code says so.
     for problem in damaged:
         print(f"batchmetrics: {problem}", file=sys.stderr)
-    code = 2 if damaged else 0
+    code = args.exit_code = 2 if damaged else 0  # also if the output's reader goes away
     if args.status:
         runs = [r for r in runs if r.status == args.status][: args.limit]
     rows = [_list_row(r) for r in runs]
@@ -358,7 +358,7 @@ def cmd_files(args: argparse.Namespace) -> int:
         else:
             records = history.files(run.batch_id, status=args.status)
         if args.limit is not None:
-            records = list(_take(records, args.limit))
+            records = itertools.islice(records, args.limit)  # still streamed
         if args.json:
             from ._render import file_row_json
 
@@ -372,13 +372,6 @@ def cmd_files(args: argparse.Namespace) -> int:
               ": ".join(x for x in (r.error_type, r.error_message) if x)] for r in records),
             right=(2, 3, 4))
     return 0
-
-
-def _take(records: Iterable[FileRecord], n: int) -> Iterable[FileRecord]:
-    for i, r in enumerate(records):
-        if i >= n:
-            return
-        yield r
 
 
 # -- compare --------------------------------------------------------------------------------------
@@ -429,6 +422,11 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def _is_finite(x: object) -> bool:
+    """A finite number (a damaged row may hold text, a blob or inf instead)."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print the table (or JSON; a percentage with no finite value is null) and gate."""
     with open_history(args) as history:
@@ -447,6 +445,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         report.append({"measure": m.name, "a": _finite(va), "b": _finite(vb),
                        "change_percent": _finite(change), "worse_percent": _finite(worse),
                        "gated": m.gated, "regression": bool(flag)})
+    args.exit_code = 1 if regressions else 0  # also if the output's reader goes away
     if args.json:
         print(json.dumps({"a": run_a.batch_id, "b": run_b.batch_id, "measures": report,
                           "fail_on_regression": args.fail_on_regression,
@@ -764,6 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, where a reader gone away is handled, not at exit
     except CliError as exc:
         print(f"batchmetrics: {exc}", file=sys.stderr)
         return exc.code
@@ -776,5 +776,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `batchmetrics files x | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        return int(getattr(args, "exit_code", 0))  # what the command had decided, if it had
     return code

@@ -687,9 +687,11 @@ class Store:
         database or from a newer batchmetrics. Before any write: such a file is left as
         it was (not even switched to WAL)."""
         version, tables = await self._retry_locked(_version_and_tables, conn)
-        if tables and "runs" not in tables:
+        # Ours: a new file (no tables, version 0), or one with our runs table and a version.
+        if (tables or version) and ("runs" not in tables or version < 1):
+            shown = ", ".join(sorted(tables)[:5]) or "none"
             raise HistoryError(f"{self.path!r} is a SQLite database of something else (tables "
-                               f"{', '.join(sorted(tables)[:5])}): give the history its own file")
+                               f"{shown}, version {version}): give the history its own file")
         if version > SCHEMA_VERSION:
             raise HistoryError(f"{self.path!r} has history schema {version}, newer than this "
                                f"batchmetrics knows ({SCHEMA_VERSION}): upgrade batchmetrics")
@@ -903,7 +905,6 @@ class History:
             self._conn.close()
             raise HistoryError(f"{self.path} has history schema {version}, newer than this "
                                f"batchmetrics knows ({SCHEMA_VERSION}): upgrade batchmetrics")
-        self._version = int(version)  # read-only: an older file is read as it is
         self._host = socket.gethostname()
 
     def __enter__(self) -> History:
@@ -983,9 +984,11 @@ class History:
         if not ids:
             return
         run_id, seq = ids[0][0], -1
-        # schema 1 had chunks only (a read-only History does not migrate the file)
+        # schema 1 had chunks only (a read-only History does not migrate the file; a
+        # writer may have since: read the version now)
+        version = self._query("PRAGMA user_version")[0][0]
         packs = ("SELECT seq, 'pack' FROM file_packs WHERE run_id = ? AND seq > ? UNION ALL "
-                 if self._version >= 2 else "")
+                 if version >= 2 else "")
         while True:  # one pack or chunk at a time: memory stays bounded for any run size
             found = self._query(
                 f"{packs}SELECT seq, 'chunk' FROM file_chunks WHERE run_id = ? AND seq > ? "
