@@ -16,7 +16,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from batchmetrics import BatchMetrics, ExportError
+from batchmetrics import BatchMetrics, ExportError, JsonlSink
 from batchmetrics._render import FILE_COLUMNS
 
 
@@ -311,3 +311,21 @@ def test_an_export_cancelled_just_before_its_loop_ends_leaves_no_temp_file(
     for i in range(100):
         anyio.run(once, i % 10 * 0.0001)
     assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_json_outputs_write_null_where_a_rate_is_not_finite(tmp_path: Path) -> None:
+    # samples over a subnormal duration is inf: json.dumps wrote Infinity, not JSON
+    log = tmp_path / "files.jsonl"
+    async with BatchMetrics("tiny", sinks=[JsonlSink(log, full=True)]) as m:
+        await m.record_file("a.wfm", duration=5e-324, samples=1)
+        await m.record_file("b.wfm", duration=0.5, samples=10)
+    await m.export_json(tmp_path / "out.json")
+
+    def strict(text: str) -> Any:
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+
+    rows = strict((tmp_path / "out.json").read_text(encoding="utf-8"))["files"]
+    logged = [strict(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [r["samples_per_second"] for r in rows] == [None, 20.0]
+    assert logged == rows

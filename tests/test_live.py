@@ -293,3 +293,42 @@ async def test_a_batch_that_fails_to_start_reports_failed_to_live_readers(
                 pass
     assert states == ["failed"]
     assert m.summary().state == "failed"
+
+
+@pytest.mark.asyncio
+async def test_recent_rates_do_not_depend_on_how_events_were_batched() -> None:
+    # A batch crossing a slot boundary was counted in the slot of its last event, so
+    # a burst just before the boundary stayed in the window a slot too long.
+    async def recent(split: bool) -> float:
+        clock = FakeClock(1000.0)
+        async with BatchMetrics("w", clock=clock, rate_window=10.0) as m:
+            clock.advance(9.9)
+            for i in range(50):  # a burst near the end of a 0.5 s slot
+                await m.record_file(f"a{i}", duration=0.01)
+            if split:
+                await m.snapshot()  # folded on its own
+            clock.advance(0.4)  # the next slot
+            await m.record_file("b", duration=0.01)
+            await m.snapshot()
+            clock.advance(9.3)  # the burst has left the window, "b" has not
+            return (await m.snapshot()).throughput.recent_files_per_second
+
+    apart, together = await recent(split=True), await recent(split=False)
+    assert together == apart == pytest.approx(1 / 9.6, rel=0.01)
+
+
+@pytest.mark.asyncio
+async def test_a_batch_that_ended_short_of_total_files_has_no_eta() -> None:
+    async with BatchMetrics("short", total_files=10) as m:
+        for i in range(3):
+            await m.record_file(f"f{i}.wfm", duration=0.01)
+    progress = m.summary().progress
+    assert progress is not None
+    assert progress.remaining == 7
+    assert (progress.eta_seconds, progress.eta_low_seconds, progress.eta_high_seconds) == (
+        None, None, None)
+
+
+def test_a_rate_window_too_short_to_slot_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"rate_window must be >= 0\.01 seconds, got 1e-300"):
+        BatchMetrics(rate_window=1e-300)

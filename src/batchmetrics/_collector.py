@@ -161,7 +161,8 @@ class BatchMetrics:
         if total_files is not None:
             check_count(total_files, "total_files")
         _check_positive(interval, "interval")
-        _check_positive(rate_window, "rate_window")
+        if _check_positive(rate_window, "rate_window") < 0.01:  # its slots must stay countable
+            raise ValueError(f"rate_window must be >= 0.01 seconds, got {rate_window!r}")
         _check_positive(shutdown_timeout, "shutdown_timeout")
         check_count(slowest, "slowest")
         if not callable(clock):
@@ -1040,8 +1041,9 @@ class BatchMetrics:
                 elapsed=elapsed,
                 recent_rate=self._window.completion_rate(now),
             )
-        elif self.total_files is not None:
-            eta = (0.0, 0.0, 0.0)
+        elif self.total_files is not None:  # ended: nothing left, or nothing more coming
+            eta = (0.0, 0.0, 0.0) if self._agg.total_files >= self.total_files else (
+                None, None, None)
         return self._agg.to_summary(
             self.batch_id,
             now=None if finished else now,

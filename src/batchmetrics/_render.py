@@ -100,8 +100,8 @@ def file_row_json(ev: Event) -> str:
     name, end, duration, samples, measurements, nbytes, status, etype, emsg, peak = ev
     start = end - duration
     sps = repr(samples / duration) if duration > 0 else "0"
-    if sps == "inf":  # a subnormal duration: spelled as json.dumps does, so it parses
-        sps = "Infinity"
+    if sps == "inf":  # a subnormal duration: no JSON number; null, as msgspec writes it
+        sps = "null"
     return (
         f'{{"filename": {_json_str(name)}, '
         f'"start_time": {_opt_str(iso_timestamp(start)) if start else "null"}, '
@@ -274,12 +274,10 @@ def jsonl_bytes(events: Sequence[Event]) -> bytes:
         iso_timestamps(ends), durations, samples, map(_G[4], events),
         map(STATUS_NAMES.__getitem__, map(_G[6], events)), map(_G[7], events),
         map(_G[8], events), map(_G[9], events), rates, map(_G[5], events)))
-    if math.inf not in rates:  # msgspec writes inf as null; json.dumps as Infinity
-        try:
-            return _ENCODER.encode_lines(rows)
-        except UnicodeEncodeError:  # a lone surrogate (an undecodable file name)
-            pass
-    return "".join([file_row_json(ev) + "\n" for ev in events]).encode("ascii")
+    try:  # an infinite rate (a subnormal duration) is null, as in file_row_json
+        return _ENCODER.encode_lines(rows)
+    except UnicodeEncodeError:  # a lone surrogate (an undecodable file name)
+        return "".join([file_row_json(ev) + "\n" for ev in events]).encode("ascii")
 
 
 def log_lines(events: Sequence[Event]) -> bytes:
@@ -346,8 +344,22 @@ def csv_rows(events: Sequence[Event]) -> str:
 
 
 def json_text(obj: Any) -> str:
-    """Indented JSON, as the reference writes its exports."""
-    return json.dumps(obj, indent=2, default=str)
+    """Indented JSON, as the reference writes its exports; a number that is not finite
+    (a rate over a subnormal time) is null, as JSON has no Infinity."""
+    try:
+        return json.dumps(obj, indent=2, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_only(obj), indent=2, default=str, allow_nan=False)
+
+
+def _finite_only(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_only(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_only(v) for v in obj]
+    return obj
 
 
 def export_json_chunks(

@@ -262,6 +262,12 @@ class QuantileSketch:
         if new.count != new.zero_count + sum(buckets.values()):
             raise ValueError(f"QuantileSketch state: count {new.count} does not match its buckets")
         if new.count:
+            for key in ("min", "max"):
+                value = state[key]
+                if isinstance(value, bool) or not isinstance(value, int | float) \
+                        or not math.isfinite(value) or value < 0:
+                    raise ValueError(f"QuantileSketch state: {key} must be a finite "
+                                     f"number >= 0, got {value!r}")
             new._min, new._max = float(state["min"]), float(state["max"])
         return new
 

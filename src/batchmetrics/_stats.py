@@ -158,11 +158,13 @@ class RunningStats:
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise ValueError(f"RunningStats state: count must be an int >= 0, got {count!r}")
         new.count = count
-        new.mean = float(state["mean"])
-        new.m2 = float(state["m2"])
+        new.mean = _finite(state["mean"], "mean")
+        new.m2 = _finite(state["m2"], "m2")
+        if new.m2 < 0:
+            raise ValueError(f"RunningStats state: m2 must be >= 0, got {new.m2!r}")
         if count:
-            new._min = float(state["min"])
-            new._max = float(state["max"])
+            new._min = _finite(state["min"], "min")
+            new._max = _finite(state["max"], "max")
         return new
 
     def __eq__(self, other: object) -> bool:
@@ -177,3 +179,11 @@ class RunningStats:
             f"RunningStats(count={self.count}, mean={self.mean!r}, "
             f"stddev={self.stddev!r}, min={self.min!r}, max={self.max!r})"
         )
+
+
+def _finite(value: Any, name: str) -> float:
+    """A state's number: an int or a finite float (not a string, not NaN or inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value):
+        raise ValueError(f"RunningStats state: {name} must be a finite number, got {value!r}")
+    return float(value)

@@ -37,8 +37,9 @@ class RateWindow:
         if not events:
             return
         first, last = events[0][F_END], events[-1][F_END]
-        if 0.0 <= last - first <= self._slot:
-            self.add_counts(last, *counts)
+        slot = self._slot
+        if first <= last and math.floor(first / slot) == math.floor(last / slot):
+            self.add_counts(last, *counts)  # all in one slot: counted at once
             return
         for ev in events:  # a batch spread over time (a starved consumer): slot each event
             if ev[F_STATUS] == SUCCESS:
