@@ -83,3 +83,20 @@ class FailsToClose:
 
     async def aclose(self) -> None:
         raise OSError("disk full")
+
+
+class SlowSink:
+    """Each write takes 2 ms (a slow disk): the consumer lags behind the producers."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        await anyio.sleep(0.002)
+        self.rows += len(records)
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass

@@ -15,7 +15,7 @@ import pytest
 
 from batchmetrics import BatchMetrics, JsonlSink, get_batch_stats
 
-from .sinks import FailingSink, FailsToClose, HungOnClose, HungSink
+from .sinks import FailingSink, FailsToClose, HungOnClose, HungSink, SlowSink
 
 # -- lifecycle ---------------------------------------------------------------------------
 
@@ -549,3 +549,41 @@ async def test_a_failed_summary_file_is_not_hidden_by_a_failed_sink(tmp_path: Pa
             await m.record_file("a.wfm", duration=0.1)
     assert any("could not write" in note and "summary.json" in note
                for note in caught.value.__notes__)
+
+
+@pytest.mark.asyncio
+async def test_a_snapshot_during_the_exit_waits_for_the_drain() -> None:
+    # snapshot() called while the exit drains (or caught by the exit mid-send) returned
+    # what was folded so far, not every call that had returned
+    metrics = BatchMetrics("exiting", buffer_size=256, sinks=[SlowSink()])
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while metrics.state.value != "finishing":  # polls the state
+            await anyio.lowlevel.checkpoint()
+        seen.append((await metrics.snapshot()).total_files)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        async with metrics:
+            for i in range(3000):
+                await metrics.record_file(f"f{i}", duration=0.1)
+    assert seen == [3000]
+
+
+@pytest.mark.asyncio
+async def test_cancelled_snapshots_leave_nothing_behind() -> None:
+    # a snapshot cancelled while its marker waited for room kept the marker for good
+    async def produce(m: BatchMetrics) -> None:
+        for i in range(3000):
+            await m.record_file(f"f{i}", duration=0.1)
+
+    async with anyio.create_task_group() as tg, BatchMetrics(
+            "cancelled", buffer_size=1, sinks=[SlowSink()]) as m:
+        tg.start_soon(produce, m)
+        for _ in range(100):
+            with anyio.move_on_after(0.0005):
+                await m.snapshot()
+        await anyio.sleep(0.05)
+    assert len(m._markers) == 0  # each marker was taken back or used
+    assert m.summary().total_files == 3000

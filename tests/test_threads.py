@@ -140,9 +140,16 @@ async def test_bad_arguments_raise_in_the_calling_thread() -> None:
 
 @pytest.mark.asyncio
 async def test_threadsafe_recording_on_the_loop_thread_is_refused() -> None:
+    ran = False
     async with BatchMetrics("loop") as m:
         with pytest.raises(RuntimeError, match="event loop's thread"):
             m.record_file_threadsafe("f", duration=0.1)
+        # refused as it starts, not after the block ran
+        with pytest.raises(RuntimeError, match="event loop's thread"), \
+                m.track_threadsafe("g"):
+            ran = True
+        assert (await m.snapshot()).total_files == 0
+    assert not ran
 
 
 @pytest.mark.asyncio

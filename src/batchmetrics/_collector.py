@@ -928,12 +928,16 @@ class BatchMetrics:
         """``track()`` for worker threads: ``with metrics.track_threadsafe(name) as item:``."""
         return TrackedInThread(self, check_filename(filename))
 
-    def _put_from_thread(self, ev: Event) -> None:
+    def _check_off_loop(self) -> None:
         if threading.get_ident() == self._loop_thread:
             raise RuntimeError(
-                f"batch {self.batch_id!r}: record_*_threadsafe was called on the event loop's "
-                "thread, where it could block the loop; use `await metrics.record_file(...)`"
+                f"batch {self.batch_id!r}: a *_threadsafe method was called on the event "
+                "loop's thread, where it could block the loop; use `await "
+                "metrics.record_file(...)` or `async with metrics.track(...)`"
             )
+
+    def _put_from_thread(self, ev: Event) -> None:
+        self._check_off_loop()
         if self._state is not BatchState.RUNNING:
             raise self._not_running()
         first = not self._inbox.used
@@ -1009,11 +1013,18 @@ class BatchMetrics:
                 except WouldBlock:
                     await send.send(marker)
             except (BrokenResourceError, ClosedResourceError):
+                # the exit closed the stream meanwhile: it drains every event first
                 self._markers.discard(marker)
+                await self._consumer_done.wait()
+            except BaseException:  # cancelled: the marker may never reach the consumer
+                self._markers.discard(marker)
+                raise
             else:
                 await marker.event.wait()
             if self._consumer_error is not None:
                 raise self._not_running() from self._consumer_error
+        elif self._state is BatchState.FINISHING:  # the exit is draining: wait for it
+            await self._consumer_done.wait()
         return self.summary()
 
     def summary(self) -> BatchMetricsSummary:
@@ -1194,6 +1205,7 @@ class TrackedInThread(_TrackedFile):
 
     def __enter__(self) -> TrackedInThread:
         m = self._metrics
+        m._check_off_loop()  # before the block runs, not as it ends
         if m._state is not BatchState.RUNNING:
             raise m._not_running()
         with m._thread_lock:
