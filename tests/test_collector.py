@@ -13,7 +13,7 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from batchmetrics import BatchMetrics, JsonlSink, get_batch_stats
+from batchmetrics import BatchMetrics, JsonlSink, Store, get_batch_stats
 
 from .sinks import FailingSink, FailsToClose, HungOnClose, HungSink, SlowSink
 
@@ -587,3 +587,29 @@ async def test_cancelled_snapshots_leave_nothing_behind() -> None:
         await anyio.sleep(0.05)
     assert len(m._markers) == 0  # each marker was taken back or used
     assert m.summary().total_files == 3000
+
+
+@pytest.mark.asyncio
+async def test_a_snapshot_while_the_batch_starts_does_not_wait_for_an_exit(
+        tmp_path: Path) -> None:
+    # snapshot() waits for the drain only once the exit has begun: during a start that
+    # then fails, there is no consumer to wait for
+    class FailingStart(Store):
+        async def begin(self, metrics: BatchMetrics) -> None:
+            await anyio.sleep(0.3)
+            raise OSError("cannot begin")
+
+    m = BatchMetrics("starting", store=FailingStart(tmp_path / "h.db"))
+    states: list[str] = []
+
+    async def snap() -> None:
+        await anyio.sleep(0.1)  # the start is under way
+        with anyio.fail_after(5):
+            states.append((await m.snapshot()).state)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(snap)
+        with pytest.raises(OSError, match="cannot begin"):
+            async with m:
+                pass
+    assert len(states) == 1

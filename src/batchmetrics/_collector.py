@@ -1023,8 +1023,8 @@ class BatchMetrics:
                 await marker.event.wait()
             if self._consumer_error is not None:
                 raise self._not_running() from self._consumer_error
-        elif self._state is BatchState.FINISHING:  # the exit is draining: wait for it
-            await self._consumer_done.wait()
+        elif self._state is BatchState.FINISHING and self._exit_deadline is not None:
+            await self._consumer_done.wait()  # the exit is draining (not starting): wait
         return self.summary()
 
     def summary(self) -> BatchMetricsSummary:
