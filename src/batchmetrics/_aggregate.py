@@ -8,7 +8,6 @@ batches exactly; ``to_state``/``from_state`` give the stable JSON form;
 from __future__ import annotations
 
 import heapq
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
@@ -28,6 +27,7 @@ from ._events import (
     SUCCESS,
     Columns,
     Event,
+    is_finite_number,
 )
 from ._render import iso_timestamp
 from ._sketch import VECTOR_MIN, QuantileSketch
@@ -482,19 +482,14 @@ def _count(value: Any, name: str) -> int:
     return value
 
 
-def _number(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
 def _seconds(value: Any, name: str) -> float:
-    if not _number(value) or value < 0:
+    if not is_finite_number(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {_show(value)}")
     return float(value)
 
 
 def _timestamp(value: Any, name: str) -> float | None:
-    if value is not None and not _number(value):
+    if value is not None and not is_finite_number(value):
         raise ValueError(f"{name} must be a finite number or null, got {_show(value)}")
     return None if value is None else float(value)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ._aggregate import Aggregate
-from ._events import STATUS_NAMES, FileRecord
+from ._events import STATUS_NAMES, FileRecord, is_finite_number
 from ._export import temp_name
 from ._render import json_text
 from ._store import History, HistoryError, StoredRun
@@ -306,7 +306,8 @@ def _list_row(run: StoredRun) -> dict[str, Any]:
     return {
         "batch_id": run.batch_id,
         "status": run.status,
-        "started_at": run.started_at if _is_finite(run.started_at) else None,
+        # a damaged row may hold text, a blob or inf instead of a number
+        "started_at": run.started_at if is_finite_number(run.started_at) else None,
         "total_files": s["total_files"],
         "error_rate_percent": s["errors"]["rate_percent"],
         "duration_seconds": s["timing"]["total_duration_seconds"],
@@ -420,11 +421,6 @@ def worse_by(m: Measure, change: float | None) -> float:
 def _finite(x: float | None) -> float | None:
     """``x``, or ``None`` (JSON null) when it is not a finite number."""
     return x if x is not None and math.isfinite(x) else None
-
-
-def _is_finite(x: object) -> bool:
-    """A finite number (a damaged row may hold text, a blob or inf instead)."""
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -123,6 +123,12 @@ MAX_SECONDS = 1e10
 COUNT_LIMIT = 2**128
 
 
+def is_finite_number(value: object) -> bool:
+    """An int or a finite float, not a bool: what a stored or merged state may hold."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def _is_bool(value: object) -> bool:
     """``bool``, or numpy's (which converts to float quietly)."""
     return isinstance(value, bool) or (

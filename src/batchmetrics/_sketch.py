@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ._events import is_finite_number
+
 #: Batches at least this long go through numpy (below it, numpy's per-call cost dominates).
 VECTOR_MIN = 64
 DEFAULT_MANTISSA_BITS = 6
@@ -264,8 +266,7 @@ class QuantileSketch:
         if new.count:
             for key in ("min", "max"):
                 value = state[key]
-                if isinstance(value, bool) or not isinstance(value, int | float) \
-                        or not math.isfinite(value) or value < 0:
+                if not is_finite_number(value) or value < 0:
                     raise ValueError(f"QuantileSketch state: {key} must be a finite "
                                      f"number >= 0, got {value!r}")
             new._min, new._max = float(state["min"]), float(state["max"])

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ._events import is_finite_number
+
 #: Batches at least this long are summed with numpy.
 _VECTOR_MIN = 64
 
@@ -183,7 +185,6 @@ class RunningStats:
 
 def _finite(value: Any, name: str) -> float:
     """A state's number: an int or a finite float (not a string, not NaN or inf)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value):
+    if not is_finite_number(value):
         raise ValueError(f"RunningStats state: {name} must be a finite number, got {value!r}")
     return float(value)

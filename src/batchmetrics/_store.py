@@ -410,6 +410,11 @@ _INSERT_PACK = "INSERT OR IGNORE INTO file_packs (run_id, seq, n, rows) VALUES (
 # -- writing -----------------------------------------------------------------------------------
 
 
+def _newer_schema(shown_path: str, version: int) -> HistoryError:
+    return HistoryError(f"{shown_path} has history schema {version}, newer than this "
+                        f"batchmetrics knows ({SCHEMA_VERSION}): upgrade batchmetrics")
+
+
 def _is_locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and (
         "locked" in str(exc) or "busy" in str(exc))
@@ -693,8 +698,7 @@ class Store:
             raise HistoryError(f"{self.path!r} is a SQLite database of something else (tables "
                                f"{shown}, version {version}): give the history its own file")
         if version > SCHEMA_VERSION:
-            raise HistoryError(f"{self.path!r} has history schema {version}, newer than this "
-                               f"batchmetrics knows ({SCHEMA_VERSION}): upgrade batchmetrics")
+            raise _newer_schema(repr(self.path), version)
         return version
 
     async def _migrate(self, conn: aiosqlite.Connection, version: int) -> None:
@@ -903,8 +907,7 @@ class History:
             raise HistoryError(f"{self.path} is a SQLite file but holds no batchmetrics history")
         if version > SCHEMA_VERSION:
             self._conn.close()
-            raise HistoryError(f"{self.path} has history schema {version}, newer than this "
-                               f"batchmetrics knows ({SCHEMA_VERSION}): upgrade batchmetrics")
+            raise _newer_schema(self.path, version)
         self._host = socket.gethostname()
 
     def __enter__(self) -> History:
