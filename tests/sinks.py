@@ -1,4 +1,4 @@
-"""Small sinks for tests: one that fails, one that hangs, one whose first write is slow."""
+"""Small sinks for tests: ones that fail, hang or are slow, each where a real disk would."""
 
 from __future__ import annotations
 
@@ -9,7 +9,20 @@ import anyio
 from batchmetrics import FileRecord
 
 
-class FailingSink:
+class _TakesAll:
+    """Takes every write, flush and close at once; the sinks below change one of them."""
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        pass
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+class FailingSink(_TakesAll):
     """Every write fails as a full disk would; remembers that it was closed."""
 
     def __init__(self) -> None:
@@ -18,27 +31,18 @@ class FailingSink:
     async def write(self, records: Sequence[FileRecord]) -> None:
         raise OSError("disk full")
 
-    async def flush(self) -> None:
-        pass
-
     async def aclose(self) -> None:
         self.closed = True
 
 
-class HungSink:
+class HungSink(_TakesAll):
     """Writes never end (a hung network disk)."""
 
     async def write(self, records: Sequence[FileRecord]) -> None:
         await anyio.sleep_forever()
 
-    async def flush(self) -> None:
-        pass
 
-    async def aclose(self) -> None:
-        pass
-
-
-class SlowFirstWrite:
+class SlowFirstWrite(_TakesAll):
     """The first write takes 0.6 s whatever happens (a slow disk): the stream fills."""
 
     def __init__(self) -> None:
@@ -52,40 +56,22 @@ class SlowFirstWrite:
                 await anyio.sleep(0.6)
         self.rows += len(records)
 
-    async def flush(self) -> None:
-        pass
 
-    async def aclose(self) -> None:
-        pass
-
-
-class HungOnClose:
+class HungOnClose(_TakesAll):
     """Takes every write; its close never ends."""
-
-    async def write(self, records: Sequence[FileRecord]) -> None:
-        pass
-
-    async def flush(self) -> None:
-        pass
 
     async def aclose(self) -> None:
         await anyio.sleep_forever()
 
 
-class FailsToClose:
+class FailsToClose(_TakesAll):
     """Takes every write; its close fails as a full disk would."""
-
-    async def write(self, records: Sequence[FileRecord]) -> None:
-        pass
-
-    async def flush(self) -> None:
-        pass
 
     async def aclose(self) -> None:
         raise OSError("disk full")
 
 
-class SlowSink:
+class SlowSink(_TakesAll):
     """Each write takes 2 ms (a slow disk): the consumer lags behind the producers."""
 
     def __init__(self) -> None:
@@ -94,9 +80,3 @@ class SlowSink:
     async def write(self, records: Sequence[FileRecord]) -> None:
         await anyio.sleep(0.002)
         self.rows += len(records)
-
-    async def flush(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,15 @@ async def _mixed(m: BatchMetrics, n: int = 40, prefix: str = "") -> None:
             await m.record_file(name, duration=0.001 * (i + 1), samples=100 * i,
                                 measurements=i % 4, bytes_processed=512 * i,
                                 memory_peak=(1 << 20) if i % 5 == 0 else None)
+
+
+#: Tests that hold for both exports.
+both_kinds = pytest.mark.parametrize("kind", ["json", "csv"])
+
+
+def _export_of(m: BatchMetrics, kind: str) -> Callable[[Path], Coroutine[Any, Any, None]]:
+    """``m.export_json`` or ``m.export_csv``, for tests run on both kinds."""
+    return m.export_json if kind == "json" else m.export_csv
 
 
 def _temp_files(folder: Path) -> list[str]:
@@ -171,7 +181,7 @@ async def test_readers_see_the_old_or_the_new_json_never_a_partial_one(tmp_path:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kind", ["json", "csv"])
+@both_kinds
 async def test_export_onto_a_directory_raises_export_error_and_leaves_it_intact(
     tmp_path: Path, kind: str
 ) -> None:
@@ -180,7 +190,7 @@ async def test_export_onto_a_directory_raises_export_error_and_leaves_it_intact(
     (target / "keep.txt").write_text("mine", encoding="utf-8")
     async with BatchMetrics() as m:
         await _mixed(m, 5)
-    export: Any = m.export_json if kind == "json" else m.export_csv
+    export = _export_of(m, kind)
     with pytest.raises(ExportError) as info:
         await export(target)
     assert str(target) in str(info.value)
@@ -191,14 +201,14 @@ async def test_export_onto_a_directory_raises_export_error_and_leaves_it_intact(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kind", ["json", "csv"])
+@both_kinds
 async def test_export_into_a_missing_folder_raises_export_error(
     tmp_path: Path, kind: str
 ) -> None:
     target = tmp_path / "no-such-folder" / f"metrics.{kind}"
     async with BatchMetrics() as m:
         await _mixed(m, 5)
-    export: Any = m.export_json if kind == "json" else m.export_csv
+    export = _export_of(m, kind)
     with pytest.raises(ExportError, match="no-such-folder"):
         await export(target)
     assert not target.parent.exists()
@@ -245,7 +255,7 @@ def test_export_failing_midway_leaves_the_previous_file_intact(tmp_path: Path) -
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kind", ["json", "csv"])
+@both_kinds
 async def test_cancelled_export_leaves_the_previous_file_and_no_temp_file(
     tmp_path: Path, kind: str
 ) -> None:
@@ -255,7 +265,7 @@ async def test_cancelled_export_leaves_the_previous_file_and_no_temp_file(
     async with BatchMetrics() as m:
         for i in range(50_000):
             await m.record_file(f"batch/{i:05d}.wfm", duration=0.001, samples=i)
-    export: Any = m.export_json if kind == "json" else m.export_csv
+    export = _export_of(m, kind)
     for _ in range(5):  # where the cancellation lands varies: try a few places
         scope = anyio.CancelScope()
 
@@ -294,7 +304,7 @@ async def test_atomic_writes_take_the_longest_file_names(tmp_path: Path) -> None
         [long, long[:-5] + ".csv", summary.name])  # no temp file left behind
 
 
-@pytest.mark.parametrize("kind", ["json", "csv"])
+@both_kinds
 def test_an_export_cancelled_just_before_its_loop_ends_leaves_no_temp_file(
         tmp_path: Path, kind: str) -> None:
     # The open of the temp file was still in its thread when the caller was cancelled
@@ -302,7 +312,7 @@ def test_an_export_cancelled_just_before_its_loop_ends_leaves_no_temp_file(
     async def once(delay: float) -> None:
         async with BatchMetrics("x") as m:
             await m.record_file("a.wfm", duration=0.1)
-        export = m.export_json if kind == "json" else m.export_csv
+        export = _export_of(m, kind)
         async with anyio.create_task_group() as tg:
             tg.start_soon(export, tmp_path / f"out.{kind}")
             await anyio.sleep(delay)
