@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -22,6 +25,7 @@ from ._workload import (
     success_bytes,
     timed_durations,
 )
+from .clock import FakeClock
 
 N_EVENTS = 3_600
 
@@ -212,3 +216,96 @@ def test_unstamped_summary_uses_the_sum_of_durations_as_the_reference(
     assert ours.throughput.files_per_second == pytest.approx(
         theirs.throughput.files_per_second, rel=1e-9)
     assert (ours.start_time, ours.end_time) == (theirs.start_time, theirs.end_time) == ("", "")
+
+
+# -- the exported files, on one clock -----------------------------------------------
+
+#: Summary values that differ by design: the median comes from the sketch (within 1%),
+#: and the reference never fills bytes_per_second.
+_APPROX = {"summary.timing.median_per_file_seconds"}
+_OURS_ONLY_VALUE = {"summary.throughput.bytes_per_second"}
+
+
+def _differences(ref: Any, ours: Any, path: str) -> list[str]:
+    """Where ``ours`` lacks a key of ``ref`` or holds another value (or type) for it."""
+    if path in _OURS_ONLY_VALUE:
+        return []
+    if isinstance(ref, dict):
+        if not isinstance(ours, dict):
+            return [f"{path}: {ours!r} is not an object"]
+        out = []
+        for key, value in ref.items():
+            if key not in ours:
+                out.append(f"{path}.{key}: missing")
+            else:
+                out += _differences(value, ours[key], f"{path}.{key}")
+        return out
+    if isinstance(ref, list):
+        if not isinstance(ours, list) or len(ours) != len(ref):
+            return [f"{path}: {len(ref)} items in the reference, ours {ours!r:.80}"]
+        return [d for i, (a, b) in enumerate(zip(ref, ours, strict=True))
+                for d in _differences(a, b, f"{path}[{i}]")]
+    if path in _APPROX:
+        return [] if ours == pytest.approx(ref, rel=0.01) else [f"{path}: {ref} vs {ours}"]
+    if ours != ref or type(ours) is not type(ref):
+        return [f"{path}: reference {ref!r}, ours {ours!r}"]
+    return []
+
+
+@pytest.mark.asyncio
+async def test_json_and_csv_exports_equal_the_reference_on_one_clock(
+    reference_cls: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # names a CSV must quote, non-ASCII ones (the reference's JSON escapes them), then
+    # the mixed workload; both sides read the same clock, so every timestamp matches
+    calls = [Call("record_file", (name,), {"duration": 0.25, "samples": 7},
+                  {"bytes_processed": 3})
+             for name in ('a,b "c".wfm', "line\nbreak.wfm", "é😀 Ω.wfm")]
+    calls.append(Call("record_error", ("ü.wfm", "ValueError", "ñ bad header", 0.5)))
+    calls += mixed_calls(600, seed=7)
+    clock = FakeClock(1_800_000_000.25)
+    refmod = sys.modules[reference_cls.__module__]
+    monkeypatch.setattr(refmod, "time", SimpleNamespace(time=clock))
+
+    ref = reference_cls(batch_id="exports")
+    ref.start()
+    for call in calls:
+        clock.advance(0.125)
+        getattr(ref, call.method)(*call.args, **call.kwargs)
+    clock.advance(0.125)
+    ref.finish()
+
+    clock.now = 1_800_000_000.25
+    metrics = BatchMetrics(batch_id="exports", clock=clock)
+    async with metrics:
+        for call in calls:
+            clock.advance(0.125)
+            await getattr(metrics, call.method)(*call.args, **call.kwargs, **call.extra)
+        clock.advance(0.125)
+
+    ref.export_json(tmp_path / "ref.json")
+    ref.export_csv(tmp_path / "ref.csv")
+    await metrics.export_json(tmp_path / "ours.json")
+    await metrics.export_csv(tmp_path / "ours.csv")
+
+    ref_json = (tmp_path / "ref.json").read_bytes()
+    ours_json = (tmp_path / "ours.json").read_bytes()
+    assert ref_json.isascii()
+    assert ours_json.isascii()  # non-ASCII escaped, as the reference's json.dump does
+    theirs, ours = json.loads(ref_json), json.loads(ours_json)
+    assert _differences(theirs["summary"], ours["summary"], "summary") == []
+    assert _differences(theirs["files"], ours["files"], "files") == []
+    assert ours["files"][2]["filename"] == "é😀 Ω.wfm"
+    assert ours["files"][0]["start_time"] == theirs["files"][0]["start_time"] != ""
+
+    # CSV: the same text in every reference column (quoting, floats, empty cells)
+    with (tmp_path / "ref.csv").open(newline="", encoding="utf-8") as f:
+        ref_rows = list(csv.reader(f))
+    with (tmp_path / "ours.csv").open(newline="", encoding="utf-8") as f:
+        our_rows = list(csv.reader(f))
+    assert len(our_rows) == len(ref_rows) == len(calls) + 1
+    assert [row[:-1] for row in our_rows] == ref_rows
+    assert our_rows[0][-1] == "bytes_processed"
+    assert our_rows[1][-1] == "3"
+    assert (tmp_path / "ours.csv").read_bytes().count(b"\r\n") == \
+        (tmp_path / "ref.csv").read_bytes().count(b"\r\n")

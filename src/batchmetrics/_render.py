@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -362,6 +363,15 @@ def _finite_only(obj: Any) -> Any:
     return obj
 
 
+#: A character outside ASCII; in JSON text it can only be inside a string.
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    """A character as JSON's ``\\uXXXX`` escape (a surrogate pair above U+FFFF)."""
+    return _json_str(match.group())[1:-1]
+
+
 def export_json_chunks(
     summary: dict[str, Any],
     state: dict[str, Any] | None,
@@ -380,7 +390,10 @@ def export_json_chunks(
     chunk: list[Event] = []
 
     def rows_text(batch: list[Event]) -> str:
-        return ",\n    ".join(jsonl_lines(batch)[:-1].split("\n"))
+        text = jsonl_lines(batch)
+        if not text.isascii():  # ASCII only, as the summary and the reference's json.dump
+            text = _NON_ASCII.sub(_escape_char, text)
+        return ",\n    ".join(text[:-1].split("\n"))
 
     for ev in events:
         chunk.append(ev)
