@@ -585,3 +585,20 @@ def test_a_forked_child_writes_its_files_too(tmp_path: Path) -> None:
     assert done.stdout == "child exit code 0\n", done.stdout + done.stderr
     assert json.loads((tmp_path / "child.json").read_text())["summary"]["total_files"] == 1
     assert (tmp_path / "child.jsonl").read_text(encoding="utf-8").count("\n") == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("interval", [1e-6, 1e-300])
+async def test_an_interval_shorter_than_a_consumer_round_still_drains(interval: float) -> None:
+    # Each receive used to be cut off by the flush deadline that had already passed:
+    # the consumer only flushed, nothing was counted and the exit timed out.
+    sink = MemorySink()
+    with anyio.fail_after(20):
+        async with BatchMetrics("tiny", interval=interval, sinks=[sink],
+                                shutdown_timeout=10) as m:
+            for i in range(300):
+                await m.record_file(f"f{i}.wfm", duration=0.1)
+                if i % 50 == 0:
+                    assert (await m.snapshot()).total_files == i + 1
+    assert m.summary().total_files == 300
+    assert sink.filenames == [f"f{i}.wfm" for i in range(300)]

@@ -506,9 +506,16 @@ class BatchMetrics:
                     if flush_every == _INF:
                         item = await recv.receive()
                     else:
-                        item = None
-                        with anyio.move_on_after(max(next_flush - anyio.current_time(), 0)):
-                            item = await recv.receive()
+                        # what is already there first: a receive cut off by a flush
+                        # deadline that has passed (an interval shorter than a round)
+                        # would otherwise never get an item
+                        try:
+                            item = receive_nowait()
+                        except WouldBlock:
+                            item = None
+                            with anyio.move_on_after(max(next_flush - anyio.current_time(),
+                                                         0)):
+                                item = await recv.receive()
                         if item is None:
                             await self._flush_sinks()
                             next_flush = anyio.current_time() + flush_every
