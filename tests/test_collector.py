@@ -542,11 +542,13 @@ async def test_a_sinks_system_exit_goes_on_as_it_is(where: str) -> None:
 
 @pytest.mark.asyncio
 async def test_a_failed_summary_file_is_not_hidden_by_a_failed_sink(tmp_path: Path) -> None:
-    missing = tmp_path / "no-such-folder" / "summary.json"
-    with pytest.raises(RuntimeError, match="consumer of batch 'both' failed") as caught:
-        async with BatchMetrics("both", sinks=[FailingSink()], summary_path=missing,
-                                interval=3600) as m:
+    folder = tmp_path / "gone-by-the-exit"
+    folder.mkdir()
+    with pytest.raises(RuntimeError, match="consumer of batch 'both' failed") as caught:  # noqa: PT012
+        async with BatchMetrics("both", sinks=[FailingSink()], summary_path=folder /
+                                "summary.json", interval=3600) as m:
             await m.record_file("a.wfm", duration=0.1)
+            folder.rmdir()
     assert any("could not write" in note and "summary.json" in note
                for note in caught.value.__notes__)
 

@@ -295,3 +295,31 @@ async def test_timed_wraps_async_callable_objects_and_refuses_plain_functions() 
 def test_timed_refuses_a_file_name_that_is_not_a_function() -> None:
     with pytest.raises(TypeError, match="filename must be a function"):
         BatchMetrics("x").timed("a.wfm")  # type: ignore[call-overload]
+
+
+@pytest.mark.asyncio
+async def test_awaiting_record_file_on_another_threads_event_loop_is_refused() -> None:
+    # The stream is bound to the batch's loop: from another loop a send under
+    # backpressure waited for ever. The call must be refused, naming the way to do it.
+    outcome: list[BaseException | None] = []
+
+    def other_loop() -> None:
+        async def go() -> None:
+            for i in range(5000):
+                await m.record_file(f"o{i}", duration=0.001)
+
+        try:
+            anyio.run(go)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(20):
+        async with BatchMetrics("wrong-loop", buffer_size=256, shutdown_timeout=5) as m:
+            await anyio.to_thread.run_sync(other_loop, abandon_on_cancel=True)
+            await m.record_file("mine.wfm", duration=0.1)  # the batch itself goes on
+    assert isinstance(outcome[0], RuntimeError)
+    assert "record_file_threadsafe" in str(outcome[0])
+    assert m.summary().state == "finished"
+    # no chunk was open, so its first call was refused: only the batch's own file counts
+    assert m.summary().total_files == 1

@@ -277,3 +277,144 @@ async def test_export_paths_are_checked_before_anything_is_written(path: Any) ->
     for export in (m.export_json, m.export_csv):
         with pytest.raises((TypeError, ValueError), match="path must"):
             await export(path)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: BatchMetrics(5), TypeError, "batch_id must be a str or None, got int 5"),  # type: ignore[arg-type]
+        (lambda: BatchMetrics(""), ValueError, "batch_id must not be empty"),
+        (lambda: JsonlSink("x.jsonl", buffer_bytes="10"), TypeError,  # type: ignore[arg-type]
+         "buffer_bytes must be an int, got str '10'"),
+        (lambda: CsvSink("x.csv", buffer_bytes=-1), ValueError, "buffer_bytes must be >= 0"),
+        (lambda: JsonlSink("a\0b.jsonl"), ValueError, "path must not contain a NUL"),
+        (lambda: BatchMetrics(summary_path="s\0.json"), ValueError,
+         "summary_path must not contain a NUL"),
+        (lambda: BatchMetrics(store="h\0.db"), ValueError, "store must not contain a NUL"),
+    ],
+)
+def test_wrong_types_are_type_errors_and_bad_values_value_errors(
+        make: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        make()
+
+
+@pytest.mark.asyncio
+async def test_an_export_path_with_a_nul_is_refused_naming_the_path(tmp_path: Path) -> None:
+    async with BatchMetrics() as m:
+        await m.record_file("a.wfm", duration=0.5)
+    for export in (m.export_json, m.export_csv):
+        with pytest.raises(ValueError, match=r"path must not contain a NUL.*a\\x00b"):
+            await export(str(tmp_path / "a\0b"))
+    assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.asyncio
+async def test_numpy_counts_in_the_constructor_give_plain_json(tmp_path: Path) -> None:
+    # numpy ints pass the count check; kept as they were, they broke every JSON output
+    m = BatchMetrics("np", total_files=np.int64(5), slowest=np.int64(3),  # type: ignore[arg-type]
+                     buffer_size=np.int32(64), store=tmp_path / "h.db")  # type: ignore[arg-type]
+    async with m:
+        await m.record_file("a.wfm", duration=0.5)
+    await m.export_json(tmp_path / "m.json")
+    exported = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+    assert exported["summary"]["progress"]["remaining"] == 4
+    assert json.loads(json.dumps(m.summary().to_dict())) == exported["summary"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("reading", "error", "message"), [
+    (math.nan, ValueError, "clock must return seconds since the epoch.*nan"),
+    (1e300, ValueError, "clock must return seconds since the epoch.*1e\\+300"),
+    ("now", TypeError, "clock must return a number.*str 'now'"),
+])
+async def test_a_clock_that_gives_no_time_fails_the_start_naming_the_clock(
+        reading: Any, error: type[Exception], message: str) -> None:
+    m = BatchMetrics("clock", clock=lambda: reading)
+    with pytest.raises(error, match=message):
+        async with m:
+            pass
+    assert m.summary().state == "failed"
+
+
+@pytest.mark.asyncio
+async def test_a_bad_counter_on_a_track_handle_raises_where_it_is_set() -> None:
+    # Checked only as the block ended, it replaced the outcome: the file that ran was
+    # recorded neither as a success nor as an error.
+    async with BatchMetrics("counters") as m, m.track("a.wfm") as item:
+        with pytest.raises(ValueError, match="samples must be >= 0, got -1"):
+            item.samples = -1
+        with pytest.raises(TypeError, match="bytes_processed must be an int, got float"):
+            item.bytes_processed = 1.5  # type: ignore[assignment]
+        item.measurements = np.int64(3)  # type: ignore[assignment]
+        item.memory_peak = None
+        item.samples = 10
+    row = m.get_file_metrics()[0]
+    assert (row["status"], row["samples"], row["measurements"]) == ("success", 10, 3)
+    assert type(row["measurements"]) is int
+
+
+@pytest.mark.asyncio
+async def test_timed_takes_only_a_result_that_can_be_a_sample_count() -> None:
+    async with BatchMetrics("timed-big") as m:
+        @m.timed
+        async def decode(path: str) -> int:
+            return 2**130  # a result, not a sample count
+
+        assert await decode("a.wfm") == 2**130
+    row = m.get_file_metrics()[0]
+    assert (row["status"], row["samples"]) == ("success", 0)
+
+
+class _PlainSink:
+    def write(self, records: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_sink_with_plain_methods_or_listed_twice_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"is not a sink \(write, flush not async\)"):
+        BatchMetrics(sinks=[_PlainSink()])  # type: ignore[list-item]
+    sink = JsonlSink(tmp_path / "f.jsonl")
+    with pytest.raises(ValueError, match="sinks must be distinct"):
+        BatchMetrics(sinks=[sink, sink])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["missing folder", "a folder", "closed"])
+async def test_a_sink_that_cannot_open_fails_the_start_naming_its_file(
+        tmp_path: Path, kind: str) -> None:
+    good = CsvSink(tmp_path / "good.csv")
+    if kind == "missing folder":
+        bad, shown = JsonlSink(tmp_path / "no" / "f.jsonl"), "No such file or directory"
+    elif kind == "a folder":
+        bad, shown = JsonlSink(tmp_path), "Is a directory"
+    else:
+        bad, shown = JsonlSink(tmp_path / "used.jsonl"), "is closed: a sink serves one batch"
+        async with BatchMetrics(sinks=[bad]):
+            pass
+    m = BatchMetrics("bad-sink", sinks=[good, bad])
+    with pytest.raises((OSError, RuntimeError), match=shown):
+        async with m:
+            raise AssertionError("the body must not run")  # pragma: no cover
+    assert m.summary().state == "failed"
+    with pytest.raises(RuntimeError, match="is closed"):  # what it had opened, it closed
+        await good.write([])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("where", "message"), [
+    ("no/s.json", r"cannot write summary_path .* its folder .* does not exist"),
+    (".", r"cannot write summary_path .* it is a folder"),
+])
+async def test_a_summary_file_that_cannot_be_written_fails_the_start(
+        tmp_path: Path, where: str, message: str) -> None:
+    m = BatchMetrics("no-folder", summary_path=tmp_path / where)
+    with pytest.raises(ValueError, match=message):
+        async with m:
+            raise AssertionError("the body must not run")  # pragma: no cover

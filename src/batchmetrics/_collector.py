@@ -22,8 +22,19 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from itertools import chain
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeGuard, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    ParamSpec,
+    Self,
+    TypeGuard,
+    TypeVar,
+    cast,
+    overload,
+)
 
+import aiofiles.os
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
@@ -32,7 +43,9 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._aggregate import Aggregate
+from ._blocking import FILE_EXECUTOR
 from ._events import (
+    COUNT_LIMIT,
     ERROR,
     SKIPPED,
     Columns,
@@ -50,7 +63,7 @@ from ._events import (
 from ._export import write_csv, write_json, write_text_atomic
 from ._files import FileTable
 from ._render import file_row_dict, json_text
-from ._sinks import Sink, check_sink
+from ._sinks import Sink, _FileSink, check_sink
 from ._summary import BatchMetricsSummary
 from ._threads import InboxClosed, ThreadInbox
 from ._window import RateWindow, estimate_eta
@@ -67,6 +80,7 @@ _CHUNK = 256
 _PUMP_PERIOD = 0.002  # seconds between pump passes while threads record
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
 class BatchState(enum.Enum):
@@ -139,8 +153,11 @@ class BatchMetrics:
     ) -> None:
         if batch_id is None:
             batch_id = str(uuid.uuid4())
-        if not isinstance(batch_id, str) or not batch_id:
-            raise TypeError(f"batch_id must be a non-empty str or None, got {batch_id!r}")
+        if not isinstance(batch_id, str):
+            raise TypeError(f"batch_id must be a str or None, got {type(batch_id).__name__} "
+                            f"{batch_id!r}")
+        if not batch_id:
+            raise ValueError("batch_id must not be empty")
         try:
             batch_id.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate: no history, file or terminal takes it
@@ -156,20 +173,25 @@ class BatchMetrics:
 
             if not isinstance(store, Store):
                 store = Store(check_path(store, "store"))
-        if check_count(buffer_size, "buffer_size") < 1:
+        # counts are kept as the plain ints check_count makes (numpy ints are not JSON)
+        buffer_size = check_count(buffer_size, "buffer_size")
+        if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size!r}")
         if total_files is not None:
-            check_count(total_files, "total_files")
+            total_files = check_count(total_files, "total_files")
         _check_positive(interval, "interval")
         if _check_positive(rate_window, "rate_window") < 0.01:  # its slots must stay countable
             raise ValueError(f"rate_window must be >= 0.01 seconds, got {rate_window!r}")
         _check_positive(shutdown_timeout, "shutdown_timeout")
-        check_count(slowest, "slowest")
+        slowest = check_count(slowest, "slowest")
         if not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
         if isinstance(sinks, Sink | str | bytes) or not isinstance(sinks, Sequence):
             raise TypeError(f"sinks must be a sequence of sinks, got {sinks!r}")
         self._sinks = [check_sink(s) for s in sinks]
+        if len({id(s) for s in self._sinks}) < len(self._sinks):
+            raise ValueError(f"sinks must be distinct: each would get every row once per "
+                             f"listing, got {sinks!r}")
         self.batch_id = batch_id
         self.keep_files = keep_files
         self.total_files = total_files
@@ -215,6 +237,7 @@ class BatchMetrics:
         self._in_flight_threads = 0
         self._loop_thread = -1
         self._accepts_raw = [getattr(s, "accepts_raw_events", False) for s in self._sinks]
+        self._opened_sinks: list[_FileSink] = []  # by the start (closed if it then fails)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -239,8 +262,9 @@ class BatchMetrics:
         await tg.__aenter__()
         self._tg = tg
         try:
-            self._agg.start_ts = self._clock()
+            self._agg.start_ts = _check_clock(self._clock())
             self._window.begin(self._agg.start_ts)
+            await self._start_outputs()
             if self._store_arg is not None:
                 self._store = self._store_arg
                 await self._store.begin(self)
@@ -252,6 +276,10 @@ class BatchMetrics:
             # the error is re-raised as it is: passing it to the task group would wrap it
             self._start_error = exc
             self._outcome = "failed"  # what summary().state and live() report from now on
+            with anyio.move_on_after(_GRACE, shield=True):
+                for sink in self._opened_sinks:
+                    with contextlib.suppress(Exception):
+                        await sink.aclose()
             tg.cancel_scope.cancel()
             send.close()
             recv.close()
@@ -386,6 +414,22 @@ class BatchMetrics:
                 f"batch {self.batch_id!r} {what} within {self._shutdown_timeout} s")
             await self._finish_after_timeout()
         return problem
+
+    async def _start_outputs(self) -> None:
+        """Check the summary file's folder and open our file sinks: a bad path fails
+        the start, naming the file. Within ``shutdown_timeout``: a hung disk cannot
+        hold the start for ever."""
+        with anyio.move_on_after(self._shutdown_timeout) as scope:
+            if self._summary_path is not None:
+                await _check_folder(self._summary_path, "summary_path")
+            for sink in self._sinks:
+                if isinstance(sink, _FileSink):
+                    await sink.start()
+                    self._opened_sinks.append(sink)
+        if scope.cancelled_caught:
+            raise TimeoutError(
+                f"batch {self.batch_id!r}: its output files did not open within "
+                f"{self._shutdown_timeout} s (shutdown_timeout): a hung disk?")
 
     def _needs_ticker(self) -> bool:
         return bool(self._summary_path or self._display or self._store is not None)
@@ -670,7 +714,7 @@ class BatchMetrics:
         elif self._start_error is not None:
             why = f"it failed to start: {self._start_error!r}"
         elif self._consumer_error is not None:
-            why = f"its consumer failed: {self._consumer_error!r}"
+            why = f"its consumer failed: {_describe(self._consumer_error)}"
         elif self._state is BatchState.FINISHING:
             why = "it is finishing"
         else:
@@ -740,6 +784,12 @@ class BatchMetrics:
         send = self._send
         if send is None:
             raise self._not_running()
+        if threading.get_ident() != self._loop_thread:  # once a chunk: not on every call
+            raise RuntimeError(
+                f"batch {self.batch_id!r}: recorded from a thread other than the event "
+                "loop's that runs the batch (the stream is bound to that loop); from a "
+                "thread, use record_file_threadsafe() and friends or track_threadsafe()"
+            )
         chunk = [ev]
         try:
             send.send_nowait(chunk)
@@ -874,7 +924,8 @@ class BatchMetrics:
                                     "first argument or give filename=")
                 async with self.track(name) as item:
                     result = await fn(*args, **kwargs)
-                    if isinstance(result, int) and not isinstance(result, bool) and result >= 0:
+                    if (isinstance(result, int) and not isinstance(result, bool)
+                            and 0 <= result < COUNT_LIMIT):
                         item.samples = result
                     return result
                 raise AssertionError("unreachable")  # pragma: no cover
@@ -1143,19 +1194,48 @@ class BatchMetrics:
         logger.info("Batch metrics CSV exported to %s", os.fspath(path))
 
 
+def _check_peak(value: object, field: str) -> int | None:
+    return None if value is None else check_count(value, field)
+
+
+class _Checked(Generic[_T]):
+    """A counter of a ``track()`` handle, checked as it is set: a bad value raises at
+    the line that set it, not as the block ends (where the file's outcome would be lost)."""
+
+    def __init__(self, check: Callable[[object, str], _T]) -> None:
+        self._check = check
+        self._name = self._slot = ""
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self._name, self._slot = name, "_" + name
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> _Checked[_T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type[Any]) -> _T: ...
+    def __get__(self, obj: object, owner: type[Any]) -> _T | _Checked[_T]:
+        return self if obj is None else cast(_T, getattr(obj, self._slot))
+
+    def __set__(self, obj: object, value: _T) -> None:
+        setattr(obj, self._slot, self._check(value, self._name))
+
+
 class _TrackedFile:
     """What ``track()`` and ``track_threadsafe()`` share: the counters and the outcome."""
 
-    __slots__ = ("_metrics", "_skip_reason", "_t0", "bytes_processed", "filename",
-                 "measurements", "memory_peak", "samples")
+    __slots__ = ("_bytes_processed", "_measurements", "_memory_peak", "_metrics",
+                 "_samples", "_skip_reason", "_t0", "filename")
+
+    samples = _Checked(check_count)
+    measurements = _Checked(check_count)
+    bytes_processed = _Checked(check_count)
+    memory_peak = _Checked(_check_peak)
 
     def __init__(self, metrics: BatchMetrics, filename: str) -> None:
         self._metrics = metrics
         self.filename = filename
-        self.samples = 0
-        self.measurements = 0
-        self.bytes_processed = 0
-        self.memory_peak: int | None = None
+        self._samples = self._measurements = self._bytes_processed = 0
+        self._memory_peak: int | None = None
         self._skip_reason: str | None = None
         self._t0 = 0.0
 
@@ -1232,6 +1312,32 @@ class TrackedInThread(_TrackedFile):
         fields = self._outcome(exc)
         if fields is not None:
             m.record_file_threadsafe(self.filename, **fields)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``; an OSError's text names its file, which its repr leaves out."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _check_clock(now: object) -> float:
+    """The clock's first reading: seconds since the epoch that a date can be made of."""
+    if isinstance(now, bool) or not isinstance(now, int | float):
+        raise TypeError(f"clock must return a number (seconds since the epoch), got "
+                        f"{type(now).__name__} {now!r}")
+    if not (math.isfinite(now) and abs(now) <= 1e11):
+        raise ValueError(f"clock must return seconds since the epoch, a finite number "
+                         f"within 3000 years of 1970, got {now!r}")
+    return float(now)
+
+
+async def _check_folder(path: str, field: str) -> None:
+    """Refuse, as the batch starts, a file every write to would fail: its folder is
+    missing, or it is a folder. (In a file thread: a dead mount hangs a ``stat``.)"""
+    folder = os.path.dirname(path) or "."
+    if not await aiofiles.os.path.isdir(folder, executor=FILE_EXECUTOR):
+        raise ValueError(f"cannot write {field} {path!r}: its folder {folder!r} does not exist")
+    if await aiofiles.os.path.isdir(path, executor=FILE_EXECUTOR):
+        raise ValueError(f"cannot write {field} {path!r}: it is a folder")
 
 
 def _is_async_function(obj: object) -> TypeGuard[Callable[..., Coroutine[Any, Any, Any]]]:

@@ -105,6 +105,8 @@ def check_path(value: object, field: str) -> str:
                         f"{type(value).__name__} {value!r}")
     if not path:
         raise ValueError(f"{field} must not be empty, got {value!r}")
+    if "\0" in path:  # no file system takes it; open() would say only "embedded null byte"
+        raise ValueError(f"{field} must not contain a NUL character, got {value!r}")
     return path
 
 
