@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -197,6 +198,30 @@ def test_store_arguments_are_checked() -> None:
         Store("x.db", busy_timeout=0)
     with pytest.raises(ValueError, match="flush_rows"):
         Store("x.db", flush_rows=0)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"busy_timeout": "5"}, TypeError, "busy_timeout must be a number of seconds, got str '5'"),
+    ({"busy_timeout": None}, TypeError, "busy_timeout must be a number of seconds, got NoneType"),
+    ({"busy_timeout": True}, TypeError, "busy_timeout must be a number of seconds, got bool"),
+    ({"busy_timeout": -1}, ValueError, "busy_timeout must be a finite number of seconds > 0, "
+                                       "got -1"),
+    ({"busy_timeout": float("nan")}, ValueError, "busy_timeout must be .* got nan"),
+    ({"busy_timeout": 10**400}, ValueError, "busy_timeout must be .* got 1000"),
+    ({"flush_rows": 1.5}, TypeError, "flush_rows must be an int, got float 1.5"),
+    ({"flush_rows": "100"}, TypeError, "flush_rows must be an int, got str '100'"),
+    ({"flush_rows": False}, TypeError, "flush_rows must be an int, got bool False"),
+    ({"flush_rows": -5}, ValueError, "flush_rows must be an int >= 1, got -5"),
+])
+def test_store_tells_a_wrong_type_from_a_bad_value(
+        kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        Store("x.db", **kwargs)
+
+
+def test_store_refuses_a_path_with_a_nul_when_made() -> None:
+    with pytest.raises(ValueError, match=r"path must not contain a NUL character, got 'a\\x00b"):
+        Store("a\0b.db")
 
 
 # -- per-file rows ------------------------------------------------------------------------------

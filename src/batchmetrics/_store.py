@@ -465,6 +465,14 @@ class _Run:
             await writing
 
 
+def _check_file_path(value: object) -> str:
+    """``check_path``, and no NUL character (no file can be named so)."""
+    path = check_path(value, "path")
+    if "\0" in path:
+        raise ValueError(f"path must not contain a NUL character, got {path!r}")
+    return path
+
+
 class Store:
     """A SQLite file holding the history of batch runs; pass it (or its path) as ``store=``.
 
@@ -483,17 +491,27 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0,
                  flush_rows: int = 32768) -> None:
-        path = check_path(path, "path")
+        path = _check_file_path(path)
         if path == ":memory:":
             raise ValueError(f"path must be a file for the history to outlive the batch, "
                              f"got {path!r}")
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float) \
-                or not busy_timeout > 0 or not math.isfinite(busy_timeout):
-            raise ValueError(f"busy_timeout must be a number of seconds > 0, got {busy_timeout!r}")
-        if isinstance(flush_rows, bool) or not isinstance(flush_rows, int) or flush_rows < 1:
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float):
+            raise TypeError(f"busy_timeout must be a number of seconds, got "
+                            f"{type(busy_timeout).__name__} {busy_timeout!r}")
+        try:
+            seconds = float(busy_timeout)
+        except OverflowError:  # an int past the float range
+            seconds = math.inf
+        if not seconds > 0 or not math.isfinite(seconds):
+            raise ValueError(f"busy_timeout must be a finite number of seconds > 0, got "
+                             f"{busy_timeout!r}")
+        if isinstance(flush_rows, bool) or not isinstance(flush_rows, int):
+            raise TypeError(f"flush_rows must be an int, got "
+                            f"{type(flush_rows).__name__} {flush_rows!r}")
+        if flush_rows < 1:
             raise ValueError(f"flush_rows must be an int >= 1, got {flush_rows!r}")
         self.path = os.fspath(path)
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = seconds
         self.flush_rows = flush_rows
         self._runs: dict[int, _Run] = {}
 
