@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -410,6 +411,51 @@ async def test_a_file_that_is_not_a_database_is_refused_clearly(db: Path) -> Non
         await Store(db).begin(BatchMetrics("job-x"))
     with pytest.raises(HistoryError, match="not a batchmetrics history"):
         History(db)
+
+
+@pytest.mark.asyncio
+async def test_history_reads_check_their_arguments_at_the_call(db: Path) -> None:
+    async with BatchMetrics("job-args", store=db, store_files=True) as m:
+        await record_mixed(m, 30)
+    calls: list[tuple[Callable[[Any], object], type[Exception], str]] = [
+        # files() is not a generator: a bad status is refused before any row is read
+        (lambda h: h.files("job-args", status="bogus"), ValueError,
+         "status must be one of success, error, skipped; got 'bogus'"),
+        (lambda h: h.files("job-args", status=1), TypeError,
+         "status must be a str or None, got int 1"),
+        (lambda h: h.files(b"job-args"), TypeError,
+         "batch_id must be a str, got bytes b'job-args'"),
+        (lambda h: h.runs("x"), TypeError, "limit must be an int, got str 'x'"),
+        (lambda h: h.runs(1.5), TypeError, "limit must be an int, got float 1.5"),
+        (lambda h: h.runs(True), TypeError, "limit must be an int, got bool True"),
+        (lambda h: h.runs(-1), ValueError, "limit must be from 0 to 2**63 - 1, got -1"),
+        (lambda h: h.runs(2**63), ValueError,
+         "limit must be from 0 to 2**63 - 1, got 9223372036854775808"),
+        (lambda h: h.runs(damaged=()), TypeError, "damaged must be a list or None, got tuple"),
+        (lambda h: h.get(["x"]), TypeError, "batch_id must be a str, got list ['x']"),
+        (lambda h: h.slowest("job-args", 1.5), TypeError, "n must be an int, got float 1.5"),
+        (lambda h: h.slowest("job-args", "3"), TypeError, "n must be an int, got str '3'"),
+        (lambda h: h.slowest("job-args", -1), ValueError, "n must be from 0 to 2**63 - 1, got -1"),
+        (lambda h: h.slowest("job-args", 3, status="bogus"), ValueError, "status must be one of"),
+    ]
+    with History(db) as history:
+        for call, error, message in calls:
+            with pytest.raises(error, match=re.escape(message)):
+                call(history)
+        # the edges that are allowed
+        assert history.runs(0) == []
+        assert [r.batch_id for r in history.runs(2**63 - 1)] == ["job-args"]
+        assert history.slowest("job-args", 0) == []
+        assert len(history.slowest("job-args", 2**63 - 1)) == 30
+
+
+def test_history_path_is_checked_like_a_store_path(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"path must be a str or os\.PathLike of str, got int 5"):
+        History(5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="path must not be empty, got ''"):
+        History("")  # not the current folder ("is a directory")
+    with pytest.raises(ValueError, match="path must not contain a NUL character"):
+        History(str(tmp_path / "a\0b.db"))
 
 
 def test_history_explains_missing_files_folders_and_foreign_databases(tmp_path: Path) -> None:

@@ -141,6 +141,10 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 STALE_INTERVALS: Final = 10
 STALE_MIN_SECONDS: Final = 30.0
 
+#: The most rows ``History.runs(limit)`` and ``History.slowest(n)`` take: SQLite's
+#: ``LIMIT`` is a signed 64-bit int.
+MAX_ROWS: Final = 2**63 - 1
+
 _LITTLE = sys.byteorder == "little"
 _COMPACT = (",", ":")
 #: SQLite's own busy wait, per attempt, in seconds. Kept short: aiosqlite's thread
@@ -901,7 +905,7 @@ class History:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
+        self.path = _check_file_path(path)
         p = Path(self.path)
         if not p.exists():
             raise HistoryError(f"no history database at {self.path}")
@@ -971,6 +975,10 @@ class History:
         A damaged run raises ``HistoryError``; given a ``damaged`` list, it is left
         out and its error appended there instead.
         """
+        if limit is not None:
+            limit = _check_rows(limit, "limit")
+        if damaged is not None and not isinstance(damaged, list):
+            raise TypeError(f"damaged must be a list or None, got {type(damaged).__name__}")
         sql = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id DESC"
         rows = self._query(sql + " LIMIT ?", (limit,)) if limit is not None else self._query(sql)
         now = time.time()
@@ -986,6 +994,7 @@ class History:
 
     def get(self, batch_id: str) -> StoredRun | None:
         """The run with this batch id, or ``None``."""
+        _check_batch_id(batch_id)
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE batch_id = ?", (batch_id,))
         return self._run(rows[0], time.time()) if rows else None
 
@@ -994,13 +1003,23 @@ class History:
         return [row[0] for row in self._query("SELECT batch_id FROM runs ORDER BY id DESC")]
 
     def files(self, batch_id: str, *, status: str | None = None) -> Iterator[FileRecord]:
-        """The stored per-file rows of a run, in the order they were aggregated."""
+        """The stored per-file rows of a run, in the order they were aggregated.
+
+        The arguments are checked at the call; the rows are read as they are iterated.
+        """
+        _check_batch_id(batch_id)
         code = None
         if status is not None:
+            if not isinstance(status, str):
+                raise TypeError(f"status must be a str or None, got {type(status).__name__} "
+                                f"{status!r}")
             if status not in STATUS_CODES:
                 raise ValueError(f"status must be one of {', '.join(STATUS_CODES)}; "
                                  f"got {status!r}")
             code = STATUS_CODES[status]
+        return self._files(batch_id, code)
+
+    def _files(self, batch_id: str, code: int | None) -> Iterator[FileRecord]:
         ids = self._query("SELECT id FROM runs WHERE batch_id = ?", (batch_id,))
         if not ids:
             return
@@ -1032,7 +1051,23 @@ class History:
 
     def slowest(self, batch_id: str, n: int, *, status: str | None = None) -> list[FileRecord]:
         """The ``n`` longest files of a run (longest first)."""
+        n = _check_rows(n, "n")
         return heapq.nlargest(n, self.files(batch_id, status=status), key=_BY_DURATION)
 
 
 _BY_DURATION = attrgetter("duration")
+
+
+def _check_rows(value: object, field: str) -> int:
+    """A number of rows: an int from 0 to 2**63 - 1 (SQLite's ``LIMIT`` takes no more)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field} must be an int, got {type(value).__name__} {value!r}")
+    if not 0 <= value <= MAX_ROWS:
+        shown = repr(value) if abs(value) < 10**60 else f"an int of {value.bit_length()} bits"
+        raise ValueError(f"{field} must be from 0 to 2**63 - 1, got {shown}")
+    return value
+
+
+def _check_batch_id(value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"batch_id must be a str, got {type(value).__name__} {value!r}")
