@@ -504,6 +504,32 @@ def test_a_run_with_a_damaged_summary_or_state_is_one_clear_line(
         assert ("healthy" in result.stdout) == (command[0] == "list"), command
 
 
+@pytest.mark.parametrize(("field", "value"), [("start_ts", 1e300), ("end_ts", -1e300)])
+def test_a_stored_state_with_a_stamp_no_date_can_show_is_one_clear_line(
+        tmp_path: Path, field: str, value: float) -> None:
+    db = tmp_path / "history.db"
+
+    async def build() -> None:
+        async with BatchMetrics("r", store=db) as m:
+            await record_run(m, 20)
+
+    anyio.run(build)
+    conn = sqlite3.connect(db)
+    with conn:
+        (state_json,) = conn.execute("SELECT state_json FROM runs").fetchone()
+        state = {**json.loads(state_json), field: value}
+        conn.execute("UPDATE runs SET state_json = ?", (json.dumps(state),))
+    conn.close()
+    for command in (["stats", "r"], ["compare", "r", "r"], ["watch", "r"]):
+        result = cli(*command, db=db)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("batchmetrics: batch 'r' has a state this batchmetrics cannot "
+                               f"read: bad aggregate state: {field} must be a Unix time")
+        assert line.endswith(f"got {value!r}")
+
+
 _KILLED = """
 import os, signal, sys
 import anyio

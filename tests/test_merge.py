@@ -284,6 +284,11 @@ DAMAGED_STATES: dict[str, tuple[str, str, Callable[[dict[str, Any]], None]]] = {
     "slowest has a negative time": ("slowest[0][0]", "-0.5",
                                     _set("slowest", [[-0.5, "f1", "success"]])),
     "start_ts is a string": ("start_ts", "'yesterday'", _set("start_ts", "yesterday")),
+    # stamps a summary cannot write as a date
+    "start_ts is past year 9999": ("start_ts", "got 1e+300", _set("start_ts", 1e300)),
+    "end_ts is before year 1": ("end_ts", "got -1e+20", _set("end_ts", -1e20)),
+    "end_ts is before start_ts": ("end_ts must not be before start_ts", "got 0.5",
+                                  _set("end_ts", 0.5)),
     "end_ts is missing": ("end_ts", "missing", _drop("end_ts")),
 }
 
@@ -340,6 +345,20 @@ def test_cli_merge_keeps_the_mode_of_the_file_it_replaces(
     assert stat.S_IMODE(out.stat().st_mode) == mode
     assert json.loads(out.read_text())["summary"]["total_files"] == 60
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json", "out.json"]  # no temp left
+
+
+def test_cli_merge_of_states_whose_sum_leaves_the_float_range_is_one_line(
+        tmp_path: Path, export: dict[str, Any]) -> None:
+    big = json.loads(json.dumps(export))
+    big["state"]["busy_seconds"] = 1e308
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(big))
+    b.write_text(json.dumps(big))
+    done = cli("merge", a, b, "-o", tmp_path / "out.json")
+    assert done.returncode == 2
+    assert done.stderr == (f"batchmetrics: cannot merge {b}: merged state: busy_seconds must be "
+                           "a finite number, got inf (past the float range)\n")
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_cli_merge_of_states_it_cannot_combine_is_one_line(

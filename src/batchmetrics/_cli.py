@@ -26,11 +26,11 @@ import secrets
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from ._aggregate import Aggregate
+from ._aggregate import merge_states
 from ._events import STATUS_NAMES, FileRecord, is_finite_number
 from ._export import temp_name
 from ._render import json_text
@@ -202,7 +202,7 @@ def get_run(history: History, batch_id: str) -> StoredRun:
 def run_summary(run: StoredRun) -> BatchMetricsSummary:
     """The run's summary with unrounded numbers, rebuilt from its mergeable state."""
     try:
-        agg = Aggregate.from_state(run.state)
+        agg = merge_states([run.state])  # read, and its stamps checked: they are shown
     except (TypeError, ValueError) as exc:
         raise CliError(f"batch {run.batch_id!r} has a state this batchmetrics cannot read: "
                        f"{exc}") from None
@@ -566,18 +566,17 @@ def write_atomic(path: str, text: str) -> None:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     states = [_read_state(p) for p in args.inputs]
-    aggs = []
-    for path, (_, state) in zip(args.inputs, states, strict=True):
-        try:
-            aggs.append(Aggregate.from_state(state))
-        except ValueError as exc:
-            raise CliError(f"cannot merge {path}: {exc}") from None
-    agg = aggs[0]
-    for path, other in zip(args.inputs[1:], aggs[1:], strict=True):
-        try:
-            agg.merge(other)
-        except ValueError as exc:  # e.g. sketches of different precision
-            raise CliError(f"cannot merge {path}: {exc}") from None
+    reading = [""]
+
+    def each_state() -> Iterator[dict[str, Any]]:
+        for path, (_, state) in zip(args.inputs, states, strict=True):
+            reading[0] = path
+            yield state
+
+    try:  # merge_states reads the states one at a time: an error is about the last read
+        agg = merge_states(each_state())
+    except ValueError as exc:  # a bad state, sketches of different precision, a sum too big
+        raise CliError(f"cannot merge {reading[0]}: {exc}") from None
     batch_id = args.batch_id or "+".join(bid for bid, _ in states)
     text = json_text({"summary": agg.to_summary(batch_id).to_dict(), "state": agg.to_state()})
     if args.output in (None, "-"):
