@@ -439,6 +439,51 @@ def test_bad_arguments_are_usage_errors(
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("args", "error"), [
+    # past what SQLite's LIMIT and islice take (an OverflowError or ValueError traceback)
+    (["list", "--limit", "99999999999999999999999"],
+     "argument -n/--limit: must be at most 2**63 - 1, got 99999999999999999999999"),
+    (["files", "nightly-001", "--limit", "9223372036854775808"],
+     "argument -n/--limit: must be at most 2**63 - 1, got 9223372036854775808"),
+    (["files", "nightly-001", "--slowest", "99999999999999999999999"],
+     "argument --slowest: must be at most 2**63 - 1, got 99999999999999999999999"),
+    # empty: it meant ./batchmetrics.db, or the default batch id, without a word
+    (["--db=", "list"], "argument --db: must not be empty, got ''"),
+    (["list", "--db="], "argument --db: must not be empty, got ''"),
+    (["merge", "x.json", "--batch-id="], "argument --batch-id: must not be empty, got ''"),
+    (["merge", "x.json", "-o", ""], "argument -o/--output: must not be empty, got ''"),
+    (["demo", "--batch-id="], "argument --batch-id: must not be empty, got ''"),
+])
+def test_out_of_range_or_empty_options_are_usage_errors(
+        history: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path,
+        args: list[str], error: str) -> None:
+    db, _ = history
+    copy = tmp_path / "copy.db"  # $BATCHMETRICS_DB, which an empty --db fell back to
+    copy.write_bytes(db.read_bytes())
+    before = copy.read_bytes()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = cli(*args, cwd=cwd, env=clean_env(BATCHMETRICS_DB=str(copy)))
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("usage: batchmetrics")
+    assert result.stderr.splitlines()[-1].endswith(f": error: {error}")
+    assert list(cwd.iterdir()) == []  # no ./batchmetrics.db made
+    assert copy.read_bytes() == before  # no demo run stored
+
+
+def test_the_largest_limit_is_taken(history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    listed = cli("list", "--json", "--limit", str(2**63 - 1), db=db)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 3
+    rows = cli("files", "nightly-001", "--json", "--limit", str(2**63 - 1), "--slowest",
+               str(2**63 - 1), db=db)
+    assert rows.returncode == 0, rows.stderr
+    assert len(rows.stdout.splitlines()) == 200
+
+
 def test_list_of_an_empty_history_says_so(tmp_path: Path) -> None:
     db = tmp_path / "h.db"
 

@@ -34,7 +34,7 @@ from ._aggregate import merge_states
 from ._events import STATUS_NAMES, FileRecord, is_finite_number
 from ._export import temp_name
 from ._render import json_text
-from ._store import History, HistoryError, StoredRun
+from ._store import MAX_ROWS, History, HistoryError, StoredRun
 from ._summary import BatchMetricsSummary
 
 DEFAULT_DB = "batchmetrics.db"
@@ -639,6 +639,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _row_count(text: str) -> int:
+    """A ``--limit`` or ``--slowest``: at least 1, and no more than SQLite and ``islice`` take."""
+    value = _positive_int(text)
+    if value > MAX_ROWS:
+        raise argparse.ArgumentTypeError(f"must be at most 2**63 - 1, got {value}")
+    return value
+
+
+def _non_empty(text: str) -> str:
+    """A ``--db``, ``--batch-id`` or ``--output``: an empty one would mean the default
+    (or, for ``--output``, no file) without a word."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty, got ''")
+    return text
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -662,10 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Look at the history of batch runs recorded by batchmetrics "
                     "(BatchMetrics(..., store=path)).",
         epilog="Start with `batchmetrics demo`, then `batchmetrics list`.")
-    parser.add_argument("--db", help=db_help)
+    parser.add_argument("--db", type=_non_empty, help=db_help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
+    common.add_argument("--db", type=_non_empty, default=argparse.SUPPRESS, help=db_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("stats", parents=[common], help="the summary of one run",
@@ -680,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Recent runs, newest first: status, files, error rate, "
                                    "duration, files/s. A run whose process died shows as "
                                    "interrupted.")
-    p.add_argument("-n", "--limit", type=_positive_int, default=20, help="how many (default 20)")
+    p.add_argument("-n", "--limit", type=_row_count, default=20, help="how many (default 20)")
     p.add_argument("--status", choices=["running", "finished", "failed", "cancelled",
                                         "interrupted"], help="only runs with this status")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -691,9 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "store_files=True, in the order they were recorded.")
     p.add_argument("batch_id")
     p.add_argument("--status", choices=list(STATUS_NAMES), help="only files with this status")
-    p.add_argument("--slowest", type=_positive_int, metavar="N",
+    p.add_argument("--slowest", type=_row_count, metavar="N",
                    help="the N longest files, longest first")
-    p.add_argument("-n", "--limit", type=_positive_int, help="at most this many rows")
+    p.add_argument("-n", "--limit", type=_row_count, help="at most this many rows")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.set_defaults(func=cmd_files)
 
@@ -726,10 +742,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "export_json (one per process or machine) into one "
                                    "summary and state, as if one batch had seen every file.")
     p.add_argument("inputs", nargs="+", metavar="FILE.json")
-    p.add_argument("-o", "--output", metavar="OUT.json",
+    p.add_argument("-o", "--output", type=_non_empty, metavar="OUT.json",
                    help="write here (atomically); default: standard output")
-    p.add_argument("--batch-id", help="the merged batch id (default: the inputs' ids joined "
-                                      "with +)")
+    p.add_argument("--batch-id", type=_non_empty,
+                   help="the merged batch id (default: the inputs' ids joined with +)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("demo", parents=[common], help="run a sample batch and store it",
@@ -743,7 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent workers (default 16)")
     p.add_argument("--latency", type=_non_negative_float, default=0.02,
                    help="simulated storage latency per file in seconds (default 0.02)")
-    p.add_argument("--batch-id", help="default: demo-<date>-<time>")
+    p.add_argument("--batch-id", type=_non_empty, help="default: demo-<date>-<time>")
     p.add_argument("--no-display", action="store_true", help="no live progress display")
     p.set_defaults(func=cmd_demo)
     return parser
