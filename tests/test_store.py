@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import numpy as np
 import pytest
 
 from batchmetrics import (
@@ -446,6 +447,9 @@ async def test_history_reads_check_their_arguments_at_the_call(db: Path) -> None
         assert history.runs(0) == []
         assert [r.batch_id for r in history.runs(2**63 - 1)] == ["job-args"]
         assert history.slowest("job-args", 0) == []
+        numpy_n: Any = np.int64(3)  # an int to operator.index, as elsewhere
+        assert len(history.slowest("job-args", numpy_n)) == 3
+        assert len(history.runs(numpy_n)) == 1
         assert len(history.slowest("job-args", 2**63 - 1)) == 30
 
 

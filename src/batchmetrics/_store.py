@@ -23,6 +23,7 @@ import heapq
 import json
 import logging
 import math
+import operator
 import os
 import socket
 import sqlite3
@@ -1059,13 +1060,18 @@ _BY_DURATION = attrgetter("duration")
 
 
 def _check_rows(value: object, field: str) -> int:
-    """A number of rows: an int from 0 to 2**63 - 1 (SQLite's ``LIMIT`` takes no more)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{field} must be an int, got {type(value).__name__} {value!r}")
-    if not 0 <= value <= MAX_ROWS:
-        shown = repr(value) if abs(value) < 10**60 else f"an int of {value.bit_length()} bits"
+    """A number of rows: an int (numpy's too) from 0 to 2**63 - 1 (SQLite's ``LIMIT``
+    takes no more); ``bool`` is refused."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        rows = operator.index(value)  # type: ignore[arg-type]  # int, numpy ints
+    except TypeError:
+        raise TypeError(f"{field} must be an int, got {type(value).__name__} {value!r}") from None
+    if not 0 <= rows <= MAX_ROWS:
+        shown = repr(rows) if abs(rows) < 10**60 else f"an int of {rows.bit_length()} bits"
         raise ValueError(f"{field} must be from 0 to 2**63 - 1, got {shown}")
-    return value
+    return rows
 
 
 def _check_batch_id(value: object) -> None:
