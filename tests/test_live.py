@@ -201,16 +201,32 @@ async def test_eta_does_not_go_blank_while_one_file_outlasts_the_window() -> Non
 @pytest.mark.asyncio
 async def test_recent_rates_cover_the_window_and_cumulative_rates_the_run() -> None:
     clock = FakeClock()
-    async with BatchMetrics("rates", clock=clock, rate_window=10.0) as m:
+    async with BatchMetrics("rates", clock=clock, rate_window=10.0, total_files=1000) as m:
         await _steady(m, clock, 100, rate=2.0)  # 50 s slow
-        await _steady(m, clock, 200, rate=20.0)  # 10 s fast
+        for i in range(50):  # 10 s fast: 20 successful files/s, 10 failed and 5 skipped
+            for j in range(4):
+                clock.advance(0.2 / 7)
+                await m.record_file(f"ok{i}-{j}", duration=0.5, samples=100,
+                                    bytes_processed=1000)
+            for j in range(2):
+                clock.advance(0.2 / 7)
+                await m.record_error(f"bad{i}-{j}", "ValueError", "bad header", duration=0.5)
+            clock.advance(0.2 / 7)
+            await m.record_skip(f"dup{i}", reason="duplicate")
         summary = await m.snapshot()
     t = summary.throughput
+    # rates count the successful files only, as the cumulative ones do
     assert t.recent_files_per_second == pytest.approx(20.0, rel=0.15)
     assert t.recent_bytes_per_second == pytest.approx(20_000.0, rel=0.15)
     assert t.recent_samples_per_second == pytest.approx(2_000.0, rel=0.15)
     assert t.files_per_second == pytest.approx(300 / 60.0, rel=0.01)
     assert t.bytes_per_second == pytest.approx(300_000 / 60.0, rel=0.01)
+    # progress counts every file done, whatever its outcome, and so does the ETA's rate
+    progress = summary.progress
+    assert progress is not None
+    assert (progress.completed, progress.remaining) == (450, 550)
+    assert progress.percent == pytest.approx(45.0)
+    assert progress.eta_seconds == pytest.approx(550 / 35.0, rel=0.15)
 
 
 @pytest.mark.asyncio
