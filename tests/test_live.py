@@ -135,6 +135,9 @@ def test_live_rejects_a_non_number_interval() -> None:
         ({"store_files": "no"}, TypeError, "store_files must be a bool, got str 'no'"),
         ({"display": "no"}, TypeError, "display must be a bool, got str 'no'"),
         ({"keep_files": 0}, TypeError, "keep_files must be a bool"),
+        ({"shutdown_timeout": 0}, ValueError, "shutdown_timeout must be > 0 and finite, got 0"),
+        ({"slowest": -1}, ValueError, "slowest must be >= 0, got -1"),
+        ({"clock": None}, TypeError, "clock must be callable, got None"),
     ],
 )
 def test_bad_constructor_arguments_are_named(
