@@ -348,6 +348,18 @@ async def test_a_batch_that_ended_short_of_total_files_has_no_eta() -> None:
         None, None, None)
 
 
+@pytest.mark.asyncio
+async def test_more_files_than_total_files_is_100_percent_with_none_remaining() -> None:
+    async with BatchMetrics("over", total_files=2) as m:
+        for i in range(3):
+            await m.record_file(f"f{i}.wfm", duration=0.01)
+    progress = m.summary().progress
+    assert progress is not None
+    assert (progress.completed, progress.remaining) == (3, 0)
+    assert progress.percent == 100.0
+    assert m.summary().to_dict()["progress"]["percent"] == 100.0
+
+
 def test_a_rate_window_too_short_to_slot_is_refused() -> None:
     with pytest.raises(ValueError, match=r"rate_window must be >= 0\.01 seconds, got 1e-300"):
         BatchMetrics(rate_window=1e-300)
