@@ -245,6 +245,17 @@ async def test_parallelism_is_work_time_over_wall_time() -> None:
 
 
 @pytest.mark.asyncio
+async def test_to_dict_gives_percent_and_parallelism_to_two_decimals() -> None:
+    clock = FakeClock()
+    async with BatchMetrics("round", clock=clock, total_files=3) as m:
+        clock.advance(3.0)
+        await m.record_file("a.wfm", duration=2.0)  # 2 s of work in 3 s of wall time
+    d = m.summary().to_dict()
+    assert d["progress"]["percent"] == 33.33  # 1 file of 3
+    assert d["timing"]["parallelism"] == 0.67
+
+
+@pytest.mark.asyncio
 async def test_summary_lists_the_slowest_files_and_first_messages_per_error_type() -> None:
     async with BatchMetrics("who", slowest=3) as m:
         for i in range(100):
