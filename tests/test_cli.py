@@ -439,6 +439,51 @@ def test_bad_arguments_are_usage_errors(
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("args", "error"), [
+    # past what SQLite's LIMIT and islice take (an OverflowError or ValueError traceback)
+    (["list", "--limit", "99999999999999999999999"],
+     "argument -n/--limit: must be at most 2**63 - 1, got 99999999999999999999999"),
+    (["files", "nightly-001", "--limit", "9223372036854775808"],
+     "argument -n/--limit: must be at most 2**63 - 1, got 9223372036854775808"),
+    (["files", "nightly-001", "--slowest", "99999999999999999999999"],
+     "argument --slowest: must be at most 2**63 - 1, got 99999999999999999999999"),
+    # empty: it meant ./batchmetrics.db, or the default batch id, without a word
+    (["--db=", "list"], "argument --db: must not be empty, got ''"),
+    (["list", "--db="], "argument --db: must not be empty, got ''"),
+    (["merge", "x.json", "--batch-id="], "argument --batch-id: must not be empty, got ''"),
+    (["merge", "x.json", "-o", ""], "argument -o/--output: must not be empty, got ''"),
+    (["demo", "--batch-id="], "argument --batch-id: must not be empty, got ''"),
+])
+def test_out_of_range_or_empty_options_are_usage_errors(
+        history: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path,
+        args: list[str], error: str) -> None:
+    db, _ = history
+    copy = tmp_path / "copy.db"  # $BATCHMETRICS_DB, which an empty --db fell back to
+    copy.write_bytes(db.read_bytes())
+    before = copy.read_bytes()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = cli(*args, cwd=cwd, env=clean_env(BATCHMETRICS_DB=str(copy)))
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("usage: batchmetrics")
+    assert result.stderr.splitlines()[-1].endswith(f": error: {error}")
+    assert list(cwd.iterdir()) == []  # no ./batchmetrics.db made
+    assert copy.read_bytes() == before  # no demo run stored
+
+
+def test_the_largest_limit_is_taken(history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    db, _ = history
+    listed = cli("list", "--json", "--limit", str(2**63 - 1), db=db)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 3
+    rows = cli("files", "nightly-001", "--json", "--limit", str(2**63 - 1), "--slowest",
+               str(2**63 - 1), db=db)
+    assert rows.returncode == 0, rows.stderr
+    assert len(rows.stdout.splitlines()) == 200
+
+
 def test_list_of_an_empty_history_says_so(tmp_path: Path) -> None:
     db = tmp_path / "h.db"
 
@@ -502,6 +547,32 @@ def test_a_run_with_a_damaged_summary_or_state_is_one_clear_line(
         assert result.stderr == f"batchmetrics: run 'r' in {db} is damaged: {problem}\n"
         # one damaged run does not hide the others
         assert ("healthy" in result.stdout) == (command[0] == "list"), command
+
+
+@pytest.mark.parametrize(("field", "value"), [("start_ts", 1e300), ("end_ts", -1e300)])
+def test_a_stored_state_with_a_stamp_no_date_can_show_is_one_clear_line(
+        tmp_path: Path, field: str, value: float) -> None:
+    db = tmp_path / "history.db"
+
+    async def build() -> None:
+        async with BatchMetrics("r", store=db) as m:
+            await record_run(m, 20)
+
+    anyio.run(build)
+    conn = sqlite3.connect(db)
+    with conn:
+        (state_json,) = conn.execute("SELECT state_json FROM runs").fetchone()
+        state = {**json.loads(state_json), field: value}
+        conn.execute("UPDATE runs SET state_json = ?", (json.dumps(state),))
+    conn.close()
+    for command in (["stats", "r"], ["compare", "r", "r"], ["watch", "r"]):
+        result = cli(*command, db=db)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("batchmetrics: batch 'r' has a state this batchmetrics cannot "
+                               f"read: bad aggregate state: {field} must be a Unix time")
+        assert line.endswith(f"got {value!r}")
 
 
 _KILLED = """

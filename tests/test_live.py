@@ -135,6 +135,9 @@ def test_live_rejects_a_non_number_interval() -> None:
         ({"store_files": "no"}, TypeError, "store_files must be a bool, got str 'no'"),
         ({"display": "no"}, TypeError, "display must be a bool, got str 'no'"),
         ({"keep_files": 0}, TypeError, "keep_files must be a bool"),
+        ({"shutdown_timeout": 0}, ValueError, "shutdown_timeout must be > 0 and finite, got 0"),
+        ({"slowest": -1}, ValueError, "slowest must be >= 0, got -1"),
+        ({"clock": None}, TypeError, "clock must be callable, got None"),
     ],
 )
 def test_bad_constructor_arguments_are_named(
@@ -201,16 +204,32 @@ async def test_eta_does_not_go_blank_while_one_file_outlasts_the_window() -> Non
 @pytest.mark.asyncio
 async def test_recent_rates_cover_the_window_and_cumulative_rates_the_run() -> None:
     clock = FakeClock()
-    async with BatchMetrics("rates", clock=clock, rate_window=10.0) as m:
+    async with BatchMetrics("rates", clock=clock, rate_window=10.0, total_files=1000) as m:
         await _steady(m, clock, 100, rate=2.0)  # 50 s slow
-        await _steady(m, clock, 200, rate=20.0)  # 10 s fast
+        for i in range(50):  # 10 s fast: 20 successful files/s, 10 failed and 5 skipped
+            for j in range(4):
+                clock.advance(0.2 / 7)
+                await m.record_file(f"ok{i}-{j}", duration=0.5, samples=100,
+                                    bytes_processed=1000)
+            for j in range(2):
+                clock.advance(0.2 / 7)
+                await m.record_error(f"bad{i}-{j}", "ValueError", "bad header", duration=0.5)
+            clock.advance(0.2 / 7)
+            await m.record_skip(f"dup{i}", reason="duplicate")
         summary = await m.snapshot()
     t = summary.throughput
+    # rates count the successful files only, as the cumulative ones do
     assert t.recent_files_per_second == pytest.approx(20.0, rel=0.15)
     assert t.recent_bytes_per_second == pytest.approx(20_000.0, rel=0.15)
     assert t.recent_samples_per_second == pytest.approx(2_000.0, rel=0.15)
     assert t.files_per_second == pytest.approx(300 / 60.0, rel=0.01)
     assert t.bytes_per_second == pytest.approx(300_000 / 60.0, rel=0.01)
+    # progress counts every file done, whatever its outcome, and so does the ETA's rate
+    progress = summary.progress
+    assert progress is not None
+    assert (progress.completed, progress.remaining) == (450, 550)
+    assert progress.percent == pytest.approx(45.0)
+    assert progress.eta_seconds == pytest.approx(550 / 35.0, rel=0.15)
 
 
 @pytest.mark.asyncio
@@ -223,6 +242,17 @@ async def test_parallelism_is_work_time_over_wall_time() -> None:
     summary = m.summary()
     assert summary.timing.busy_seconds == pytest.approx(100.0)
     assert summary.timing.parallelism == pytest.approx(10.0, rel=0.01)
+
+
+@pytest.mark.asyncio
+async def test_to_dict_gives_percent_and_parallelism_to_two_decimals() -> None:
+    clock = FakeClock()
+    async with BatchMetrics("round", clock=clock, total_files=3) as m:
+        clock.advance(3.0)
+        await m.record_file("a.wfm", duration=2.0)  # 2 s of work in 3 s of wall time
+    d = m.summary().to_dict()
+    assert d["progress"]["percent"] == 33.33  # 1 file of 3
+    assert d["timing"]["parallelism"] == 0.67
 
 
 @pytest.mark.asyncio
@@ -327,6 +357,18 @@ async def test_a_batch_that_ended_short_of_total_files_has_no_eta() -> None:
     assert progress.remaining == 7
     assert (progress.eta_seconds, progress.eta_low_seconds, progress.eta_high_seconds) == (
         None, None, None)
+
+
+@pytest.mark.asyncio
+async def test_more_files_than_total_files_is_100_percent_with_none_remaining() -> None:
+    async with BatchMetrics("over", total_files=2) as m:
+        for i in range(3):
+            await m.record_file(f"f{i}.wfm", duration=0.01)
+    progress = m.summary().progress
+    assert progress is not None
+    assert (progress.completed, progress.remaining) == (3, 0)
+    assert progress.percent == 100.0
+    assert m.summary().to_dict()["progress"]["percent"] == 100.0
 
 
 def test_a_rate_window_too_short_to_slot_is_refused() -> None:

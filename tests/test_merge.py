@@ -88,6 +88,50 @@ def test_merging_nothing_mergeable_is_an_error() -> None:
         merge_states([{"version": 99}])
 
 
+def _one_file_state(**changes: Any) -> dict[str, Any]:
+    agg = Aggregate()
+    agg.add_batch([("a", 1000.5, 0.5, 1, 0, 0, 0, None, None, None)])
+    agg.start_ts, agg.end_ts = 1000.0, 1001.0
+    return {**agg.to_state(), **changes}
+
+
+@pytest.mark.parametrize(("states", "message"), [
+    # each alone: stamps to_summary could not write as dates, or an end before the start
+    ([_one_file_state(start_ts=1e300)], r"bad aggregate state: start_ts must be a Unix time "
+                                        r"in \[-62135596800, 253402300800\) \(years 1 to 9999\), "
+                                        r"got 1e\+300"),
+    ([_one_file_state(), _one_file_state(end_ts=253402300800.0)],
+     "bad aggregate state: end_ts must be a Unix time in .* got 253402300800.0"),
+    ([_one_file_state(start_ts=-62135596801.0)], "start_ts must be .* got -62135596801.0"),
+    ([_one_file_state(end_ts=999.0)],
+     "bad aggregate state: end_ts must not be before start_ts 1000.0, got 999.0"),
+    # together: sums a state cannot hold (each state alone is fine)
+    ([_one_file_state(busy_seconds=1e308)] * 2,
+     "merged state: busy_seconds must be a finite number, got inf"),
+    ([_one_file_state(samples=2**192 - 1)] * 2,
+     "merged state: samples must be < 2[*][*]192, got an int of 193 bits"),
+    ([_one_file_state(timing={"count": 1, "mean": 1e308, "m2": 1e308, "min": 0.5,
+                              "max": 0.5})] * 2,
+     "merged state: timing m2 must be a finite number, got inf"),
+])
+def test_merge_states_refuses_what_its_summary_could_not_show(
+        states: list[dict[str, Any]], message: str) -> None:
+    copies = json.loads(json.dumps(states))
+    with pytest.raises(ValueError, match=message):
+        merge_states(states)
+    assert states == copies  # the states given are left as they were
+
+
+def test_merge_states_takes_the_edges_of_the_range() -> None:
+    agg = merge_states([_one_file_state(start_ts=-62135596800.0, end_ts=-62135596800.0),
+                        _one_file_state(start_ts=0.0, end_ts=253402300799.99997),
+                        _one_file_state(busy_seconds=1e308)])
+    summary = agg.to_summary("edges")
+    assert summary.start_time == "0001-01-01T00:00:00+00:00"
+    assert summary.end_time.startswith("9999-12-31T23:59:59.99")
+    assert agg.busy_seconds == 1e308 + 1.0
+
+
 # -- through the command line ----------------------------------------------------------------------
 
 
@@ -240,6 +284,11 @@ DAMAGED_STATES: dict[str, tuple[str, str, Callable[[dict[str, Any]], None]]] = {
     "slowest has a negative time": ("slowest[0][0]", "-0.5",
                                     _set("slowest", [[-0.5, "f1", "success"]])),
     "start_ts is a string": ("start_ts", "'yesterday'", _set("start_ts", "yesterday")),
+    # stamps a summary cannot write as a date
+    "start_ts is past year 9999": ("start_ts", "got 1e+300", _set("start_ts", 1e300)),
+    "end_ts is before year 1": ("end_ts", "got -1e+20", _set("end_ts", -1e20)),
+    "end_ts is before start_ts": ("end_ts must not be before start_ts", "got 0.5",
+                                  _set("end_ts", 0.5)),
     "end_ts is missing": ("end_ts", "missing", _drop("end_ts")),
 }
 
@@ -296,6 +345,20 @@ def test_cli_merge_keeps_the_mode_of_the_file_it_replaces(
     assert stat.S_IMODE(out.stat().st_mode) == mode
     assert json.loads(out.read_text())["summary"]["total_files"] == 60
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json", "out.json"]  # no temp left
+
+
+def test_cli_merge_of_states_whose_sum_leaves_the_float_range_is_one_line(
+        tmp_path: Path, export: dict[str, Any]) -> None:
+    big = json.loads(json.dumps(export))
+    big["state"]["busy_seconds"] = 1e308
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(big))
+    b.write_text(json.dumps(big))
+    done = cli("merge", a, b, "-o", tmp_path / "out.json")
+    assert done.returncode == 2
+    assert done.stderr == (f"batchmetrics: cannot merge {b}: merged state: busy_seconds must be "
+                           "a finite number, got inf (past the float range)\n")
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_cli_merge_of_states_it_cannot_combine_is_one_line(

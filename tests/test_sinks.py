@@ -97,6 +97,23 @@ async def test_csv_sink_writes_a_header_and_one_row_per_file(tmp_path: Path) -> 
 
 
 @pytest.mark.asyncio
+async def test_csv_sink_append_mode_adds_rows_under_the_one_header(tmp_path: Path) -> None:
+    path = tmp_path / "all.csv"
+    for run in range(2):  # a sink serves one batch: a new one on the same file for each
+        async with BatchMetrics(f"run{run}", sinks=[CsvSink(path, append=True)]) as m:
+            await _record_mix(m, 30)
+    text = path.read_text(encoding="utf-8")
+    header = text.splitlines()[0]
+    assert header.startswith("filename,")
+    assert text.splitlines().count(header) == 1  # not written again mid-file
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["filename"] for r in rows] == [f"dir/f{i}.wfm" for i in range(30)] * 2
+    assert rows[30 + 3]["status"] == "error"
+    assert rows[30 + 7]["status"] == "skipped"
+
+
+@pytest.mark.asyncio
 async def test_memory_sink_receives_records_in_order_and_is_closed() -> None:
     sink = MemorySink()
     async with BatchMetrics("mem", sinks=[sink], interval=0.05) as m:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
+import numpy as np
 import pytest
 
 from batchmetrics import (
@@ -197,6 +200,30 @@ def test_store_arguments_are_checked() -> None:
         Store("x.db", busy_timeout=0)
     with pytest.raises(ValueError, match="flush_rows"):
         Store("x.db", flush_rows=0)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"busy_timeout": "5"}, TypeError, "busy_timeout must be a number of seconds, got str '5'"),
+    ({"busy_timeout": None}, TypeError, "busy_timeout must be a number of seconds, got NoneType"),
+    ({"busy_timeout": True}, TypeError, "busy_timeout must be a number of seconds, got bool"),
+    ({"busy_timeout": -1}, ValueError, "busy_timeout must be a finite number of seconds > 0, "
+                                       "got -1"),
+    ({"busy_timeout": float("nan")}, ValueError, "busy_timeout must be .* got nan"),
+    ({"busy_timeout": 10**400}, ValueError, "busy_timeout must be .* got 1000"),
+    ({"flush_rows": 1.5}, TypeError, "flush_rows must be an int, got float 1.5"),
+    ({"flush_rows": "100"}, TypeError, "flush_rows must be an int, got str '100'"),
+    ({"flush_rows": False}, TypeError, "flush_rows must be an int, got bool False"),
+    ({"flush_rows": -5}, ValueError, "flush_rows must be an int >= 1, got -5"),
+])
+def test_store_tells_a_wrong_type_from_a_bad_value(
+        kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        Store("x.db", **kwargs)
+
+
+def test_store_refuses_a_path_with_a_nul_when_made() -> None:
+    with pytest.raises(ValueError, match=r"path must not contain a NUL character, got 'a\\x00b"):
+        Store("a\0b.db")
 
 
 # -- per-file rows ------------------------------------------------------------------------------
@@ -385,6 +412,54 @@ async def test_a_file_that_is_not_a_database_is_refused_clearly(db: Path) -> Non
         await Store(db).begin(BatchMetrics("job-x"))
     with pytest.raises(HistoryError, match="not a batchmetrics history"):
         History(db)
+
+
+@pytest.mark.asyncio
+async def test_history_reads_check_their_arguments_at_the_call(db: Path) -> None:
+    async with BatchMetrics("job-args", store=db, store_files=True) as m:
+        await record_mixed(m, 30)
+    calls: list[tuple[Callable[[Any], object], type[Exception], str]] = [
+        # files() is not a generator: a bad status is refused before any row is read
+        (lambda h: h.files("job-args", status="bogus"), ValueError,
+         "status must be one of success, error, skipped; got 'bogus'"),
+        (lambda h: h.files("job-args", status=1), TypeError,
+         "status must be a str or None, got int 1"),
+        (lambda h: h.files(b"job-args"), TypeError,
+         "batch_id must be a str, got bytes b'job-args'"),
+        (lambda h: h.runs("x"), TypeError, "limit must be an int, got str 'x'"),
+        (lambda h: h.runs(1.5), TypeError, "limit must be an int, got float 1.5"),
+        (lambda h: h.runs(True), TypeError, "limit must be an int, got bool True"),
+        (lambda h: h.runs(-1), ValueError, "limit must be from 0 to 2**63 - 1, got -1"),
+        (lambda h: h.runs(2**63), ValueError,
+         "limit must be from 0 to 2**63 - 1, got 9223372036854775808"),
+        (lambda h: h.runs(damaged=()), TypeError, "damaged must be a list or None, got tuple"),
+        (lambda h: h.get(["x"]), TypeError, "batch_id must be a str, got list ['x']"),
+        (lambda h: h.slowest("job-args", 1.5), TypeError, "n must be an int, got float 1.5"),
+        (lambda h: h.slowest("job-args", "3"), TypeError, "n must be an int, got str '3'"),
+        (lambda h: h.slowest("job-args", -1), ValueError, "n must be from 0 to 2**63 - 1, got -1"),
+        (lambda h: h.slowest("job-args", 3, status="bogus"), ValueError, "status must be one of"),
+    ]
+    with History(db) as history:
+        for call, error, message in calls:
+            with pytest.raises(error, match=re.escape(message)):
+                call(history)
+        # the edges that are allowed
+        assert history.runs(0) == []
+        assert [r.batch_id for r in history.runs(2**63 - 1)] == ["job-args"]
+        assert history.slowest("job-args", 0) == []
+        numpy_n: Any = np.int64(3)  # an int to operator.index, as elsewhere
+        assert len(history.slowest("job-args", numpy_n)) == 3
+        assert len(history.runs(numpy_n)) == 1
+        assert len(history.slowest("job-args", 2**63 - 1)) == 30
+
+
+def test_history_path_is_checked_like_a_store_path(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"path must be a str or os\.PathLike of str, got int 5"):
+        History(5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="path must not be empty, got ''"):
+        History("")  # not the current folder ("is a directory")
+    with pytest.raises(ValueError, match="path must not contain a NUL character"):
+        History(str(tmp_path / "a\0b.db"))
 
 
 def test_history_explains_missing_files_folders_and_foreign_databases(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from batchmetrics import History
+from batchmetrics import History, HistoryError
 
 SCRIPT = Path(sys.executable).parent / "batchmetrics"
 INTERVAL = 0.1
@@ -40,29 +40,67 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
+# How long the child keeps recording once its first checkpoint is in the file, and the
+# lateness allowed to a checkpoint on a loaded machine on top of its interval
+WATCHED = 10 * INTERVAL
+SLACK = 0.25
+
+
+def _open_history(db: Path) -> History | None:
+    """The history once the child has created it, else ``None``."""
+    if not db.exists():
+        return None
+    try:
+        return History(db)
+    except HistoryError:  # the file is there, its schema not yet
+        return None
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_a_killed_run_is_listed_as_interrupted_at_most_one_checkpoint_behind(
         tmp_path: Path) -> None:
     db = tmp_path / "history.db"
     seen: list[tuple[float, int]] = []  # (when the parent read it, files recorded)
+    polls: list[tuple[float, int]] = []  # (when the parent read the file, files stored)
+    checkpoints: set[float] = set()  # the updated_at of every checkpoint the parent saw
+
+    def recorded_by(t: float) -> int:
+        """Files the child had surely recorded at ``t`` (it printed them before)."""
+        return max((n for read, n in seen if read <= t), default=0)
+
+    history: History | None = None
     with subprocess.Popen([sys.executable, "-c", RECORDING_CHILD, str(db)],
                           stdout=subprocess.PIPE, text=True) as child:
         assert child.stdout is not None
         try:
+            first: float | None = None  # when the first checkpoint was seen
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:  # until a few checkpoints are in the file
+            while time.monotonic() < deadline:
                 seen.append((time.monotonic(), int(child.stdout.readline())))
-                if len(seen) % 10 == 0 and db.exists():
-                    with History(db) as h:
-                        run = h.get("doomed")
-                    if run is not None and run.summary["total_files"] >= 300:
-                        break
+                history = history or _open_history(db)
+                if history is None:
+                    continue
+                polled_at = time.monotonic()
+                run = history.get("doomed")
+                if run is None or run.summary["total_files"] == 0:
+                    continue  # started, no checkpoint yet
+                polls.append((polled_at, run.summary["total_files"]))
+                checkpoints.add(run.updated_at)
+                first = polled_at if first is None else first
+                if polled_at - first >= WATCHED:  # keep it recording across checkpoints
+                    break
             child.send_signal(signal.SIGKILL)
             killed_at = time.monotonic()
             seen += [(killed_at, int(line)) for line in child.stdout]  # printed before death
         finally:
             child.kill()
+            if history is not None:
+                history.close()
     assert child.returncode == -signal.SIGKILL
+    # not vacuous: the child recorded across many checkpoints before it was killed
+    assert polls
+    assert polls[-1][0] - polls[0][0] >= WATCHED
+    assert len(checkpoints) >= WATCHED / INTERVAL / 2, sorted(checkpoints)
 
     listing = cli("--db", db, "list")
     assert listing.returncode == 0, listing.stderr
@@ -71,10 +109,12 @@ def test_a_killed_run_is_listed_as_interrupted_at_most_one_checkpoint_behind(
     stored = json.loads(stats.stdout)["total_files"]
     recorded = seen[-1][1]
     assert stored <= recorded
-    # a checkpoint every INTERVAL: the file holds what was recorded one interval before the
-    # kill (plus slack for a loaded machine), so at most one checkpoint is lost
-    behind = max(n for t, n in seen if t <= killed_at - INTERVAL - 0.25)
-    assert stored >= behind, (stored, behind, recorded)
+    # a checkpoint every INTERVAL: at any moment, and at the kill, the file holds what
+    # was recorded one interval before (plus slack for a loaded machine), so at most
+    # one checkpoint is lost
+    for t, in_file in [*polls, (killed_at, stored)]:
+        behind = recorded_by(t - INTERVAL - SLACK)
+        assert in_file >= behind, (t - polls[0][0], in_file, behind, recorded)
     assert "interrupted" in cli("--db", db, "stats", "doomed").stdout
 
 

@@ -94,6 +94,8 @@ async def test_track_threadsafe_times_success_errors_and_skips() -> None:
 
         def work() -> None:
             with m.track_threadsafe("ok.wfm") as item:
+                # the file is being worked on: a snapshot taken meanwhile counts it
+                assert anyio.from_thread.run(m.snapshot).in_flight == 1
                 item.samples = 5
                 item.bytes_processed = 10
             with pytest.raises(KeyError), m.track_threadsafe("bad.wfm"):

@@ -8,6 +8,7 @@ batches exactly; ``to_state``/``from_state`` give the stable JSON form;
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
@@ -525,17 +526,62 @@ def _nested(build: Callable[[dict[str, Any]], _T], state: dict[str, Any], name: 
 
 
 def merge_states(states: Iterable[dict[str, Any]]) -> Aggregate:
-    """One aggregate from several ``to_state()`` dicts (batches split across processes)."""
+    """One aggregate from several ``to_state()`` dicts (batches split across processes).
+
+    ``ValueError`` names the field and value of a state that cannot be read, whose
+    stamps are not dates ``datetime`` can write or end before they start, or whose
+    totals added to the others' leave what a state can hold. States are read one
+    at a time, in order: an error comes while the state it is about is the last read.
+    """
     total = Aggregate()
     first = True
     for state in states:
         agg = Aggregate.from_state(state)
+        problem = _stamps_problem(agg)
+        if problem:
+            raise ValueError(f"bad aggregate state: {problem}")
         if first:
             total = agg
             first = False
         else:
             total.merge(agg)
+            problem = _stamps_problem(total) or _sums_problem(total)
+            if problem:
+                raise ValueError(f"merged state: {problem}")
     return total
+
+
+#: The stamps ``datetime`` can write: 0001-01-01 to the end of 9999, in Unix seconds.
+_FIRST_STAMP = -62_135_596_800.0
+_STAMPS_END = 253_402_300_800.0
+
+
+def _stamps_problem(agg: Aggregate) -> str | None:
+    """What is wrong with the start and end stamps, or ``None``."""
+    for name, ts in (("start_ts", agg.start_ts), ("end_ts", agg.end_ts)):
+        if ts is not None and not _FIRST_STAMP <= ts < _STAMPS_END:
+            return (f"{name} must be a Unix time in [{_FIRST_STAMP:.0f}, {_STAMPS_END:.0f}) "
+                    f"(years 1 to 9999), got {ts!r}")
+    if agg.start_ts is not None and agg.end_ts is not None and agg.end_ts < agg.start_ts:
+        return f"end_ts must not be before start_ts {agg.start_ts!r}, got {agg.end_ts!r}"
+    return None
+
+
+def _sums_problem(agg: Aggregate) -> str | None:
+    """What sum of merged states leaves what a state can hold (see ``from_state``), or ``None``."""
+    totals = [("total_files", agg.total_files), ("processed_count", agg.processed_count),
+              ("error_count", agg.error_count), ("skip_count", agg.skip_count),
+              ("samples", agg.samples), ("measurements", agg.measurements),
+              ("bytes_processed", agg.total_bytes),
+              *((f"by_type[{k!r}]", v) for k, v in agg.by_type.items())]
+    for name, count in totals:
+        if count >= _TOTAL_LIMIT:
+            return f"{name} must be < 2**192, got an int of {count.bit_length()} bits"
+    for name, value in (("busy_seconds", agg.busy_seconds), ("timing mean", agg.timing.mean),
+                        ("timing m2", agg.timing.m2)):
+        if not math.isfinite(value):
+            return f"{name} must be a finite number, got {value!r} (past the float range)"
+    return None
 
 
 __all__ = ["Aggregate", "merge_states"]

@@ -26,15 +26,15 @@ import secrets
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from ._aggregate import Aggregate
+from ._aggregate import merge_states
 from ._events import STATUS_NAMES, FileRecord, is_finite_number
 from ._export import temp_name
 from ._render import json_text
-from ._store import History, HistoryError, StoredRun
+from ._store import MAX_ROWS, History, HistoryError, StoredRun
 from ._summary import BatchMetricsSummary
 
 DEFAULT_DB = "batchmetrics.db"
@@ -202,7 +202,7 @@ def get_run(history: History, batch_id: str) -> StoredRun:
 def run_summary(run: StoredRun) -> BatchMetricsSummary:
     """The run's summary with unrounded numbers, rebuilt from its mergeable state."""
     try:
-        agg = Aggregate.from_state(run.state)
+        agg = merge_states([run.state])  # read, and its stamps checked: they are shown
     except (TypeError, ValueError) as exc:
         raise CliError(f"batch {run.batch_id!r} has a state this batchmetrics cannot read: "
                        f"{exc}") from None
@@ -566,18 +566,17 @@ def write_atomic(path: str, text: str) -> None:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     states = [_read_state(p) for p in args.inputs]
-    aggs = []
-    for path, (_, state) in zip(args.inputs, states, strict=True):
-        try:
-            aggs.append(Aggregate.from_state(state))
-        except ValueError as exc:
-            raise CliError(f"cannot merge {path}: {exc}") from None
-    agg = aggs[0]
-    for path, other in zip(args.inputs[1:], aggs[1:], strict=True):
-        try:
-            agg.merge(other)
-        except ValueError as exc:  # e.g. sketches of different precision
-            raise CliError(f"cannot merge {path}: {exc}") from None
+    reading = [""]
+
+    def each_state() -> Iterator[dict[str, Any]]:
+        for path, (_, state) in zip(args.inputs, states, strict=True):
+            reading[0] = path
+            yield state
+
+    try:  # merge_states reads the states one at a time: an error is about the last read
+        agg = merge_states(each_state())
+    except ValueError as exc:  # a bad state, sketches of different precision, a sum too big
+        raise CliError(f"cannot merge {reading[0]}: {exc}") from None
     batch_id = args.batch_id or "+".join(bid for bid, _ in states)
     text = json_text({"summary": agg.to_summary(batch_id).to_dict(), "state": agg.to_state()})
     if args.output in (None, "-"):
@@ -640,6 +639,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _row_count(text: str) -> int:
+    """A ``--limit`` or ``--slowest``: at least 1, and no more than SQLite and ``islice`` take."""
+    value = _positive_int(text)
+    if value > MAX_ROWS:
+        raise argparse.ArgumentTypeError(f"must be at most 2**63 - 1, got {value}")
+    return value
+
+
+def _non_empty(text: str) -> str:
+    """A ``--db``, ``--batch-id`` or ``--output``: an empty one would mean the default
+    (or, for ``--output``, no file) without a word."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty, got ''")
+    return text
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -663,10 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Look at the history of batch runs recorded by batchmetrics "
                     "(BatchMetrics(..., store=path)).",
         epilog="Start with `batchmetrics demo`, then `batchmetrics list`.")
-    parser.add_argument("--db", help=db_help)
+    parser.add_argument("--db", type=_non_empty, help=db_help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
+    common.add_argument("--db", type=_non_empty, default=argparse.SUPPRESS, help=db_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("stats", parents=[common], help="the summary of one run",
@@ -681,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Recent runs, newest first: status, files, error rate, "
                                    "duration, files/s. A run whose process died shows as "
                                    "interrupted.")
-    p.add_argument("-n", "--limit", type=_positive_int, default=20, help="how many (default 20)")
+    p.add_argument("-n", "--limit", type=_row_count, default=20, help="how many (default 20)")
     p.add_argument("--status", choices=["running", "finished", "failed", "cancelled",
                                         "interrupted"], help="only runs with this status")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -692,9 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "store_files=True, in the order they were recorded.")
     p.add_argument("batch_id")
     p.add_argument("--status", choices=list(STATUS_NAMES), help="only files with this status")
-    p.add_argument("--slowest", type=_positive_int, metavar="N",
+    p.add_argument("--slowest", type=_row_count, metavar="N",
                    help="the N longest files, longest first")
-    p.add_argument("-n", "--limit", type=_positive_int, help="at most this many rows")
+    p.add_argument("-n", "--limit", type=_row_count, help="at most this many rows")
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.set_defaults(func=cmd_files)
 
@@ -727,10 +742,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "export_json (one per process or machine) into one "
                                    "summary and state, as if one batch had seen every file.")
     p.add_argument("inputs", nargs="+", metavar="FILE.json")
-    p.add_argument("-o", "--output", metavar="OUT.json",
+    p.add_argument("-o", "--output", type=_non_empty, metavar="OUT.json",
                    help="write here (atomically); default: standard output")
-    p.add_argument("--batch-id", help="the merged batch id (default: the inputs' ids joined "
-                                      "with +)")
+    p.add_argument("--batch-id", type=_non_empty,
+                   help="the merged batch id (default: the inputs' ids joined with +)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("demo", parents=[common], help="run a sample batch and store it",
@@ -744,7 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent workers (default 16)")
     p.add_argument("--latency", type=_non_negative_float, default=0.02,
                    help="simulated storage latency per file in seconds (default 0.02)")
-    p.add_argument("--batch-id", help="default: demo-<date>-<time>")
+    p.add_argument("--batch-id", type=_non_empty, help="default: demo-<date>-<time>")
     p.add_argument("--no-display", action="store_true", help="no live progress display")
     p.set_defaults(func=cmd_demo)
     return parser

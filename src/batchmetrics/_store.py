@@ -23,6 +23,7 @@ import heapq
 import json
 import logging
 import math
+import operator
 import os
 import socket
 import sqlite3
@@ -140,6 +141,10 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 #: this host and its process is gone.
 STALE_INTERVALS: Final = 10
 STALE_MIN_SECONDS: Final = 30.0
+
+#: The most rows ``History.runs(limit)`` and ``History.slowest(n)`` take: SQLite's
+#: ``LIMIT`` is a signed 64-bit int.
+MAX_ROWS: Final = 2**63 - 1
 
 _LITTLE = sys.byteorder == "little"
 _COMPACT = (",", ":")
@@ -465,6 +470,14 @@ class _Run:
             await writing
 
 
+def _check_file_path(value: object) -> str:
+    """``check_path``, and no NUL character (no file can be named so)."""
+    path = check_path(value, "path")
+    if "\0" in path:
+        raise ValueError(f"path must not contain a NUL character, got {path!r}")
+    return path
+
+
 class Store:
     """A SQLite file holding the history of batch runs; pass it (or its path) as ``store=``.
 
@@ -483,17 +496,27 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0,
                  flush_rows: int = 32768) -> None:
-        path = check_path(path, "path")
+        path = _check_file_path(path)
         if path == ":memory:":
             raise ValueError(f"path must be a file for the history to outlive the batch, "
                              f"got {path!r}")
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float) \
-                or not busy_timeout > 0 or not math.isfinite(busy_timeout):
-            raise ValueError(f"busy_timeout must be a number of seconds > 0, got {busy_timeout!r}")
-        if isinstance(flush_rows, bool) or not isinstance(flush_rows, int) or flush_rows < 1:
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float):
+            raise TypeError(f"busy_timeout must be a number of seconds, got "
+                            f"{type(busy_timeout).__name__} {busy_timeout!r}")
+        try:
+            seconds = float(busy_timeout)
+        except OverflowError:  # an int past the float range
+            seconds = math.inf
+        if not seconds > 0 or not math.isfinite(seconds):
+            raise ValueError(f"busy_timeout must be a finite number of seconds > 0, got "
+                             f"{busy_timeout!r}")
+        if isinstance(flush_rows, bool) or not isinstance(flush_rows, int):
+            raise TypeError(f"flush_rows must be an int, got "
+                            f"{type(flush_rows).__name__} {flush_rows!r}")
+        if flush_rows < 1:
             raise ValueError(f"flush_rows must be an int >= 1, got {flush_rows!r}")
         self.path = os.fspath(path)
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = seconds
         self.flush_rows = flush_rows
         self._runs: dict[int, _Run] = {}
 
@@ -883,7 +906,7 @@ class History:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
+        self.path = _check_file_path(path)
         p = Path(self.path)
         if not p.exists():
             raise HistoryError(f"no history database at {self.path}")
@@ -953,6 +976,10 @@ class History:
         A damaged run raises ``HistoryError``; given a ``damaged`` list, it is left
         out and its error appended there instead.
         """
+        if limit is not None:
+            limit = _check_rows(limit, "limit")
+        if damaged is not None and not isinstance(damaged, list):
+            raise TypeError(f"damaged must be a list or None, got {type(damaged).__name__}")
         sql = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id DESC"
         rows = self._query(sql + " LIMIT ?", (limit,)) if limit is not None else self._query(sql)
         now = time.time()
@@ -968,6 +995,7 @@ class History:
 
     def get(self, batch_id: str) -> StoredRun | None:
         """The run with this batch id, or ``None``."""
+        _check_batch_id(batch_id)
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE batch_id = ?", (batch_id,))
         return self._run(rows[0], time.time()) if rows else None
 
@@ -976,13 +1004,23 @@ class History:
         return [row[0] for row in self._query("SELECT batch_id FROM runs ORDER BY id DESC")]
 
     def files(self, batch_id: str, *, status: str | None = None) -> Iterator[FileRecord]:
-        """The stored per-file rows of a run, in the order they were aggregated."""
+        """The stored per-file rows of a run, in the order they were aggregated.
+
+        The arguments are checked at the call; the rows are read as they are iterated.
+        """
+        _check_batch_id(batch_id)
         code = None
         if status is not None:
+            if not isinstance(status, str):
+                raise TypeError(f"status must be a str or None, got {type(status).__name__} "
+                                f"{status!r}")
             if status not in STATUS_CODES:
                 raise ValueError(f"status must be one of {', '.join(STATUS_CODES)}; "
                                  f"got {status!r}")
             code = STATUS_CODES[status]
+        return self._files(batch_id, code)
+
+    def _files(self, batch_id: str, code: int | None) -> Iterator[FileRecord]:
         ids = self._query("SELECT id FROM runs WHERE batch_id = ?", (batch_id,))
         if not ids:
             return
@@ -1014,7 +1052,28 @@ class History:
 
     def slowest(self, batch_id: str, n: int, *, status: str | None = None) -> list[FileRecord]:
         """The ``n`` longest files of a run (longest first)."""
+        n = _check_rows(n, "n")
         return heapq.nlargest(n, self.files(batch_id, status=status), key=_BY_DURATION)
 
 
 _BY_DURATION = attrgetter("duration")
+
+
+def _check_rows(value: object, field: str) -> int:
+    """A number of rows: an int (numpy's too) from 0 to 2**63 - 1 (SQLite's ``LIMIT``
+    takes no more); ``bool`` is refused."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        rows = operator.index(value)  # type: ignore[arg-type]  # int, numpy ints
+    except TypeError:
+        raise TypeError(f"{field} must be an int, got {type(value).__name__} {value!r}") from None
+    if not 0 <= rows <= MAX_ROWS:
+        shown = repr(rows) if abs(rows) < 10**60 else f"an int of {rows.bit_length()} bits"
+        raise ValueError(f"{field} must be from 0 to 2**63 - 1, got {shown}")
+    return rows
+
+
+def _check_batch_id(value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"batch_id must be a str, got {type(value).__name__} {value!r}")
