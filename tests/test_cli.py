@@ -741,3 +741,26 @@ def test_damaged_start_times_are_shown_not_tripped_over(tmp_path: Path) -> None:
     assert re.search(r"started\s+'abc'", stats.stdout), stats.stdout
     rows = json.loads(cli("list", "--json", db=db).stdout, parse_constant=_reject_constant)
     assert {r["batch_id"]: r["started_at"] for r in rows} == {"text": None, "infinite": None}
+
+
+def test_multi_line_error_messages_stay_on_their_row(tmp_path: Path) -> None:
+    # a validation error of several lines spilled over rows and widened the columns
+    db = tmp_path / "h.db"
+    message = "3 validation errors\n  header.rate\n    field required\r\n\tend"
+
+    async def run() -> None:
+        async with BatchMetrics("multi", store=db, store_files=True) as m:
+            await m.record_error("a.wfm", "ValidationError", message, duration=0.1)
+            await m.record_file("b\nc.wfm", duration=0.1)
+
+    anyio.run(run)
+    files = cli("files", "multi", db=db)
+    assert files.returncode == 0, files.stderr
+    rows = files.stdout.splitlines()
+    assert len(rows) == 2 + 2  # header, rule, one line per file
+    assert rows[2].endswith(r"3 validation errors\n  header.rate\n    field required\r\n\tend")
+    assert rows[3].startswith(r"b\nc.wfm ")
+    stats = cli("stats", "multi", db=db)
+    assert stats.returncode == 0, stats.stderr
+    assert r"3 validation errors\n  header.rate" in stats.stdout
+    assert "field required\n" not in stats.stdout

@@ -529,7 +529,7 @@ def merge_states(states: Iterable[dict[str, Any]]) -> Aggregate:
     """One aggregate from several ``to_state()`` dicts (batches split across processes).
 
     ``ValueError`` names the field and value of a state that cannot be read, whose
-    stamps are not dates ``datetime`` can write or end before they start, or whose
+    stamps are not dates ``datetime`` can write, or whose
     totals added to the others' leave what a state can hold. States are read one
     at a time, in order: an error comes while the state it is about is the last read.
     """
@@ -562,8 +562,6 @@ def _stamps_problem(agg: Aggregate) -> str | None:
         if ts is not None and not _FIRST_STAMP <= ts < _STAMPS_END:
             return (f"{name} must be a Unix time in [{_FIRST_STAMP:.0f}, {_STAMPS_END:.0f}) "
                     f"(years 1 to 9999), got {ts!r}")
-    if agg.start_ts is not None and agg.end_ts is not None and agg.end_ts < agg.start_ts:
-        return f"end_ts must not be before start_ts {agg.start_ts!r}, got {agg.end_ts!r}"
     return None
 
 

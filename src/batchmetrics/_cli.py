@@ -117,6 +117,16 @@ def _use_rich(out: TextIO) -> bool:
 _TABLE_BLOCK = 1000
 
 
+#: Control characters as escapes: a multi-line error message stays on its row.
+_ONE_LINE = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)},
+             ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and other control characters escaped."""
+    return text if text.isprintable() else text.translate(_ONE_LINE)
+
+
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
                 right: Iterable[int] = (), out: TextIO | None = None) -> None:
     """Aligned columns; ``right`` are the indexes of right-aligned (numeric) columns.
@@ -125,7 +135,7 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
     columns as wide as its first rows need: memory stays bounded.
     """
     out = out or sys.stdout
-    it = iter(rows)
+    it = ([one_line(cell) for cell in row] for row in rows)
     first: list[Sequence[str]] = list(itertools.islice(it, _TABLE_BLOCK))
     more = next(it, None)
     rest: Iterable[Sequence[str]] = () if more is None else itertools.chain([more], it)
@@ -160,7 +170,7 @@ def print_pairs(title: str, pairs: Sequence[tuple[str, str]], out: TextIO | None
     print(title, file=out)
     width = max([11, *(len(k) for k, _ in pairs)])  # the same column in every section
     for key, value in pairs:
-        print(f"  {key.ljust(width)}  {value}", file=out)
+        print(f"  {one_line(key).ljust(width)}  {one_line(value)}", file=out)
 
 
 # -- the history --------------------------------------------------------------------------------
@@ -565,6 +575,14 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    seen: dict[tuple[int, int], str] = {}
+    for path in args.inputs:  # a file given twice (an overlapping glob) would count twice
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            first = seen.setdefault((st.st_dev, st.st_ino), path)
+            if first != path or args.inputs.count(path) > 1:
+                raise CliError(f"cannot merge {path}: given twice (as {first}); its files "
+                               "would be counted twice")
     states = [_read_state(p) for p in args.inputs]
     reading = [""]
 
