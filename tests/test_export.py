@@ -339,3 +339,20 @@ async def test_json_outputs_write_null_where_a_rate_is_not_finite(tmp_path: Path
     logged = [strict(line) for line in log.read_text(encoding="utf-8").splitlines()]
     assert [r["samples_per_second"] for r in rows] == [None, 20.0]
     assert logged == rows
+
+
+@pytest.mark.asyncio
+async def test_exports_while_running_hold_every_call_that_returned(tmp_path: Path) -> None:
+    # the JSON export took the summary before the consumer had run: 0 files, while the
+    # CSV written right after it had every row
+    async with BatchMetrics("mid-run") as m:
+        for i in range(1000):
+            await m.record_file(f"f{i}.wfm", duration=0.01, samples=2)
+        await m.export_json(tmp_path / "m.json")
+        await m.export_csv(tmp_path / "m.csv")
+        data = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+        assert data["summary"]["total_files"] == len(data["files"]) == 1000
+        assert data["summary"]["state"] == "running"
+        assert data["state"]["samples"] == 2000
+        with (tmp_path / "m.csv").open(newline="", encoding="utf-8") as f:
+            assert len(list(csv.DictReader(f))) == 1000

@@ -1174,9 +1174,12 @@ class BatchMetrics:
     # -- exports -------------------------------------------------------------------------
 
     async def export_json(self, path: str | os.PathLike[str]) -> None:
-        """Write ``{"summary", "files", "state"}`` atomically (temp file + ``os.replace``)."""
+        """Write ``{"summary", "files", "state"}`` atomically (temp file + ``os.replace``).
+
+        While the batch runs, the export holds every record call that returned before
+        this call, as ``snapshot()`` does."""
         path = check_path(path, "path")
-        summary = self.summary()
+        summary = await self.snapshot()  # while running: every call that returned so far
         files = self._files
         n = len(files) if files is not None else 0
         rows = files.rows(0, n) if files is not None else iter(())
@@ -1187,6 +1190,7 @@ class BatchMetrics:
         """Write one CSV row per file atomically (reference columns first)."""
         path = check_path(path, "path")
         files = self._require_files()
+        await self.snapshot()  # while running: every call that returned so far
         n = len(files)
         if n == 0:
             logger.warning("No file metrics to export; writing the CSV header only")
