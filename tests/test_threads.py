@@ -186,7 +186,15 @@ async def test_timed_decorator_records_each_call_like_track() -> None:
             await anyio.lowlevel.checkpoint()
 
         await process_job({"name": "job-7"})
+
+        class Decoder:  # a method decorated in its class body: the file comes after self
+            @m.timed
+            async def decode(self, path: Path) -> None:
+                await anyio.lowlevel.checkpoint()
+
+        await Decoder().decode(Path("shard") / "m.wfm")
     rows = {r["filename"]: r for r in m.get_file_metrics()}
+    assert rows[str(Path("shard") / "m.wfm")]["status"] == "success"
     assert rows["good.wfm"]["samples"] == 1234
     assert rows["good.wfm"]["duration_seconds"] >= 0.01
     assert rows["bad.wfm"]["status"] == "error"

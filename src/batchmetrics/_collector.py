@@ -898,8 +898,8 @@ class BatchMetrics:
 
         ``@metrics.timed`` or ``@metrics.timed(filename)``: the file name is
         ``filename(*args, **kwargs)`` when given, else the first positional argument
-        (``str()`` of it). The wrapped function may return an int, taken as its
-        ``samples``.
+        (``str()`` of it; after ``self`` or ``cls`` for a method). The wrapped
+        function may return an int, taken as its ``samples``.
         """
         if _is_async_function(filename):  # bare @metrics.timed
             return self.timed()(filename)
@@ -911,13 +911,15 @@ class BatchMetrics:
             if not callable(fn):  # bare @metrics.timed over a plain def took it as filename=
                 raise TypeError(f"@timed decorates an async function (async def), got "
                                 f"{type(fn).__name__} {fn!r}")
+            at = _file_argument(fn)
+
             @functools.wraps(fn)
             async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
                 if filename is not None:
                     name = filename(*args, **kwargs)
-                elif args:
-                    name = os.fspath(args[0]) if isinstance(args[0], os.PathLike) else str(
-                        args[0])
+                elif len(args) > at:
+                    given: object = args[at]
+                    name = os.fspath(given) if isinstance(given, os.PathLike) else str(given)
                 else:
                     what = getattr(fn, "__qualname__", fn)
                     raise TypeError(f"@timed {what}: no file name: pass the file as the "
@@ -1342,6 +1344,16 @@ async def _check_folder(path: str, field: str) -> None:
         raise ValueError(f"cannot write {field} {path!r}: its folder {folder!r} does not exist")
     if await aiofiles.os.path.isdir(path, executor=FILE_EXECUTOR):
         raise ValueError(f"cannot write {field} {path!r}: it is a folder")
+
+
+def _file_argument(fn: Callable[..., Any]) -> int:
+    """Where ``@timed`` finds the file among the positional arguments: after ``self``
+    or ``cls`` (a method, decorated in its class body), else first."""
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # no signature to read
+        return 0
+    return 1 if params[:1] in (["self"], ["cls"]) else 0
 
 
 def _is_async_function(obj: object) -> TypeGuard[Callable[..., Coroutine[Any, Any, Any]]]:
