@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import tracemalloc
@@ -615,3 +617,22 @@ async def test_a_snapshot_while_the_batch_starts_does_not_wait_for_an_exit(
             async with m:
                 pass
     assert len(states) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_per_file_time_limit_inside_track_counts_the_file_as_an_error() -> None:
+    # as the README advises: a limit around the block cancels it (nothing recorded),
+    # a limit inside it ends the file with TimeoutError
+    async with BatchMetrics("limits") as m:
+        for i, limit in enumerate(("anyio", "asyncio", "anyio")):
+            with contextlib.suppress(TimeoutError):
+                async with m.track(f"f{i}.wfm"):
+                    if limit == "anyio":
+                        with anyio.fail_after(0.01):
+                            await anyio.sleep(5)
+                    else:
+                        async with asyncio.timeout(0.01):
+                            await anyio.sleep(5)
+    s = m.summary()
+    assert (s.total_files, s.error_count) == (3, 3)
+    assert s.errors.by_type == {"TimeoutError": 3}
