@@ -316,6 +316,26 @@ async def test_undecodable_file_names_are_written_back_as_their_own_bytes(tmp_pa
     assert [row["filename"] for row in lines] == [name, "ok.wfm"]  # JSON escapes them
 
 
+
+@pytest.mark.asyncio
+async def test_a_lone_surrogate_no_bytes_give_loses_no_csv_row(tmp_path: Path) -> None:
+    # "\ud800" (not from surrogateescape) failed the CSV sink's whole slice, valid rows
+    # with it, and every export_csv of the batch
+    odd = "odd-\ud800.wfm"
+    sink_path, export = tmp_path / "f.csv", tmp_path / "e.csv"
+    async with BatchMetrics("odd", sinks=[CsvSink(sink_path)]) as m:
+        await m.record_file("ok.wfm", duration=0.5)
+        await m.record_error(odd, "ValueError\udfff", "bad \ud800 header", duration=0.1)
+        await m.record_file("after.wfm", duration=0.5)
+    assert m.summary().state == "finished"
+    await m.export_csv(export)
+    for path in (sink_path, export):
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["filename"] for r in rows] == ["ok.wfm", r"odd-\ud800.wfm", "after.wfm"]
+        assert (rows[1]["error_type"], rows[1]["error_message"]) == (
+            r"ValueError\udfff", r"bad \ud800 header")
+
 def _records(n: int) -> list[FileRecord]:
     return [FileRecord(f"dir/f{i:05d}.wfm", 1_790_000_000.0 + i / 7, 0.001 * (i % 13 + 1),
                        i, i % 5, 2 * i, 0, None, None, None) for i in range(n)]

@@ -23,7 +23,7 @@ from aiofiles.threadpool.text import AsyncTextIOWrapper
 
 from ._blocking import FILE_EXECUTOR
 from ._events import Event
-from ._render import csv_header, csv_rows, export_json_chunks
+from ._render import TEXT_ERRORS, csv_header, csv_rows, export_json_chunks
 
 
 class ExportError(OSError):
@@ -58,11 +58,11 @@ async def _open_temp(tmp: str) -> AsyncTextIOWrapper:
     """Create ``tmp`` for writing, in a file thread. Cancellable: an open can hang on a
     dead mount. A file created after its caller gave up is closed (and the caller
     removes it): waited for a moment, else closed and removed whenever it comes."""
-    # surrogateescape: a file name read from undecodable bytes (os.listdir gives lone
-    # surrogates for them) is written back as those same bytes
+    # a file name read from undecodable bytes (os.listdir gives lone surrogates for
+    # them) is written back as those same bytes (TEXT_ERRORS)
     loop = asyncio.get_running_loop()
     opening = loop.run_in_executor(FILE_EXECUTOR, functools.partial(
-        open, tmp, "x", encoding="utf-8", errors="surrogateescape", newline=""))
+        open, tmp, "x", encoding="utf-8", errors=TEXT_ERRORS, newline=""))
     try:
         raw = await asyncio.shield(opening)
     except BaseException:

@@ -6,6 +6,7 @@ Pure: stdlib only.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -362,6 +363,26 @@ def _finite_only(obj: Any) -> Any:
         return [_finite_only(v) for v in obj]
     return obj
 
+
+#: The encoding error handler of CSV text (see ``_undecodable``).
+TEXT_ERRORS = "batchmetrics.text"
+
+
+def _undecodable(exc: UnicodeError) -> tuple[bytes, int]:
+    """A lone surrogate in text to write: one from undecodable bytes (``surrogateescape``,
+    as ``os.listdir`` gives them) is written back as that byte, any other as its
+    ``\\uXXXX`` escape, so its row is never lost."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = bytearray()
+    for ch in exc.object[exc.start:exc.end]:
+        code = ord(ch)
+        out += bytes([code - 0xDC00]) if 0xDC80 <= code <= 0xDCFF else \
+            f"\\u{code:04x}".encode("ascii")
+    return bytes(out), exc.end
+
+
+codecs.register_error(TEXT_ERRORS, _undecodable)
 
 #: A character outside ASCII; in JSON text it can only be inside a string.
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")

@@ -23,7 +23,7 @@ import anyio
 
 from ._blocking import FILE_EXECUTOR
 from ._events import Event, FileRecord, check_bool, check_count, check_path
-from ._render import csv_header, csv_rows, jsonl_bytes, log_lines
+from ._render import TEXT_ERRORS, csv_header, csv_rows, jsonl_bytes, log_lines
 
 
 @runtime_checkable
@@ -301,4 +301,4 @@ class CsvSink(_FileSink):
 
     def _render(self, records: Sequence[Event]) -> bytes:
         # an undecodable file name (lone surrogates) is written back as its own bytes
-        return csv_rows(records).encode("utf-8", "surrogateescape")
+        return csv_rows(records).encode("utf-8", TEXT_ERRORS)
