@@ -218,6 +218,7 @@ class BatchMetrics:
         self._tg: TaskGroup | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._consumer_done = anyio.Event()
+        self._drained = False
         self._consumer_scope: anyio.CancelScope | None = None
         self._pump_scope: anyio.CancelScope | None = None
         self._exit_deadline: float | None = None  # set when the exit starts; see __aexit__
@@ -408,8 +409,12 @@ class BatchMetrics:
             self._stop_pump()
             if self._consumer_scope is not None:
                 self._consumer_scope.cancel()
-            what = ("finished draining but not writing its outputs"
-                    if self._consumer_done.is_set() else "did not finish draining")
+            if self._consumer_done.is_set():
+                what = "finished draining but not writing its outputs"
+            elif self._drained:
+                what = "finished draining but its sinks did not close"
+            else:
+                what = "did not finish draining"
             problem = TimeoutError(
                 f"batch {self.batch_id!r} {what} within {self._shutdown_timeout} s")
             await self._finish_after_timeout()
@@ -518,6 +523,7 @@ class BatchMetrics:
             self._consumer_scope = scope
             try:
                 await self._consume_stream()
+                self._drained = True  # every event is folded; the sinks close next
             except anyio.get_cancelled_exc_class():
                 if not scope.cancel_called:
                     raise
