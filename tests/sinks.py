@@ -80,3 +80,11 @@ class SlowSink(_TakesAll):
     async def write(self, records: Sequence[FileRecord]) -> None:
         await anyio.sleep(0.002)
         self.rows += len(records)
+
+
+class FailsAfterAWhile(_TakesAll):
+    """Its first write takes a moment, then fails: a disk that fills while rows wait."""
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        await anyio.sleep(0.05)
+        raise OSError("disk full")

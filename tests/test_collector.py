@@ -17,7 +17,14 @@ import pytest
 
 from batchmetrics import BatchMetrics, JsonlSink, Store, get_batch_stats
 
-from .sinks import FailingSink, FailsToClose, HungOnClose, HungSink, SlowSink
+from .sinks import (
+    FailingSink,
+    FailsAfterAWhile,
+    FailsToClose,
+    HungOnClose,
+    HungSink,
+    SlowSink,
+)
 
 # -- lifecycle ---------------------------------------------------------------------------
 
@@ -638,3 +645,24 @@ async def test_a_per_file_time_limit_inside_track_counts_the_file_as_an_error() 
     s = m.summary()
     assert (s.total_files, s.error_count) == (3, 3)
     assert s.errors.by_type == {"TimeoutError": 3}
+
+
+@pytest.mark.asyncio
+async def test_events_buffered_when_the_consumer_failed_are_counted_in_its_error() -> None:
+    # calls that returned before the failure, still waiting in the buffer, were lost
+    # without a word: the error now says how many
+    returned = 0
+    m = BatchMetrics("full-disk", sinks=[FailsAfterAWhile()], buffer_size=100_000)
+    with pytest.raises(RuntimeError, match="consumer of batch 'full-disk' failed") as caught:  # noqa: PT012
+        async with m:
+            with contextlib.suppress(RuntimeError):  # refused once the consumer is gone
+                for i in range(100_000):
+                    await m.record_file(f"f{i}.wfm", duration=0.01)
+                    returned += 1
+                    if i % 100 == 0:
+                        await anyio.sleep(0.001)
+    message = str(caught.value)
+    assert message.startswith("the consumer of batch 'full-disk' failed: OSError: disk full; ")
+    uncounted = int(message.split("; ")[1].split()[0])
+    assert uncounted > 0
+    assert m.summary().total_files + uncounted == returned

@@ -219,6 +219,7 @@ class BatchMetrics:
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._consumer_done = anyio.Event()
         self._drained = False
+        self._uncounted = 0  # events still buffered when the consumer failed
         self._consumer_scope: anyio.CancelScope | None = None
         self._pump_scope: anyio.CancelScope | None = None
         self._exit_deadline: float | None = None  # set when the exit starts; see __aexit__
@@ -361,8 +362,10 @@ class BatchMetrics:
         if isinstance(self._consumer_error, KeyboardInterrupt | SystemExit):
             raise self._consumer_error  # a sink's interrupt or exit goes on as it is
         if self._consumer_error is not None:
+            lost = (f"; {self._uncounted} events recorded before that were never counted"
+                    if self._uncounted else "")
             error = RuntimeError(f"the consumer of batch {self.batch_id!r} failed: "
-                                 f"{self._consumer_error!r}")
+                                 f"{_describe(self._consumer_error)}{lost}")
             error.__cause__ = self._consumer_error
             if isinstance(problem, TimeoutError):  # the timeout stays what is raised
                 problem.add_note(f"batchmetrics: also, {error}")
@@ -547,51 +550,59 @@ class BatchMetrics:
     async def _consume_stream(self) -> None:
         recv = self._recv
         assert recv is not None
+        try:
+            await self._consume_items(recv)
+        except Exception:
+            self._uncounted = _count_buffered(recv)  # lost: the exit's error says how many
+            raise
+        finally:
+            recv.close()
+
+    async def _consume_items(self, recv: MemoryObjectReceiveStream[Any]) -> None:
         receive_nowait = recv.receive_nowait
         flush_every = self._interval if self._sinks else _INF
         next_flush = anyio.current_time() + flush_every
-        with recv:
-            while True:
-                try:
-                    if flush_every == _INF:
-                        item = await recv.receive()
-                    else:
-                        # what is already there first: a receive cut off by a flush
-                        # deadline that has passed (an interval shorter than a round)
-                        # would otherwise never get an item
-                        try:
-                            item = receive_nowait()
-                        except WouldBlock:
-                            item = None
-                            with anyio.move_on_after(max(next_flush - anyio.current_time(),
-                                                         0)):
-                                item = await recv.receive()
-                        if item is None:
-                            await self._flush_sinks()
-                            next_flush = anyio.current_time() + flush_every
-                            continue
-                except EndOfStream:
-                    break
-                items = [item]
-                append = items.append
-                try:
-                    while True:
-                        append(receive_nowait())
-                except (WouldBlock, EndOfStream):
-                    pass
-                self._chunk = None  # the open chunk is among the items: close it
-                if self._room is not None:  # wake producers waiting for room
-                    self._room.set()
-                    self._room = None
-                if self._markers:
-                    await self._fold_with_markers(items)
+        while True:
+            try:
+                if flush_every == _INF:
+                    item = await recv.receive()
                 else:
-                    await self._fold(item if len(items) == 1 else
-                                     list(chain.from_iterable(items)))
-                del items, append, item  # hold no events while waiting for more
-                if anyio.current_time() >= next_flush:
-                    await self._flush_sinks()
-                    next_flush = anyio.current_time() + flush_every
+                    # what is already there first: a receive cut off by a flush
+                    # deadline that has passed (an interval shorter than a round)
+                    # would otherwise never get an item
+                    try:
+                        item = receive_nowait()
+                    except WouldBlock:
+                        item = None
+                        with anyio.move_on_after(max(next_flush - anyio.current_time(),
+                                                     0)):
+                            item = await recv.receive()
+                    if item is None:
+                        await self._flush_sinks()
+                        next_flush = anyio.current_time() + flush_every
+                        continue
+            except EndOfStream:
+                break
+            items = [item]
+            append = items.append
+            try:
+                while True:
+                    append(receive_nowait())
+            except (WouldBlock, EndOfStream):
+                pass
+            self._chunk = None  # the open chunk is among the items: close it
+            if self._room is not None:  # wake producers waiting for room
+                self._room.set()
+                self._room = None
+            if self._markers:
+                await self._fold_with_markers(items)
+            else:
+                await self._fold(item if len(items) == 1 else
+                                 list(chain.from_iterable(items)))
+            del items, append, item  # hold no events while waiting for more
+            if anyio.current_time() >= next_flush:
+                await self._flush_sinks()
+                next_flush = anyio.current_time() + flush_every
 
     async def _fold(self, batch: list[Event]) -> None:
         columns = Columns(batch)
@@ -1324,6 +1335,17 @@ class TrackedInThread(_TrackedFile):
         fields = self._outcome(exc)
         if fields is not None:
             m.record_file_threadsafe(self.filename, **fields)
+
+
+def _count_buffered(recv: MemoryObjectReceiveStream[Any]) -> int:
+    """Take what is left in the stream; how many events it held (chunks are lists)."""
+    count = 0
+    with contextlib.suppress(WouldBlock, EndOfStream, ClosedResourceError):
+        while True:
+            item = recv.receive_nowait()
+            if isinstance(item, list):
+                count += len(item)
+    return count
 
 
 def _describe(exc: BaseException) -> str:
