@@ -184,3 +184,15 @@ def test_slowest_files_are_the_k_longest_across_merges() -> None:
     merged = _aggregate_of(events[:37]).merge(_aggregate_of(events[37:]))
     names = [s.filename for s in merged.to_summary("b").slowest_files]
     assert names == [f"f{i}" for i in range(100, 90, -1)]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"slowest_k": "3"}, TypeError, "slowest_k must be an int, got str '3'"),
+    ({"slowest_k": -1}, ValueError, "slowest_k must be >= 0, got -1"),
+    ({"error_messages_per_type": 1.5}, TypeError, "error_messages_per_type must be an int"),
+    ({"max_error_types": -2}, ValueError, "max_error_types must be >= 0, got -2"),
+])
+def test_aggregate_arguments_are_checked(
+        kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        Aggregate(**kwargs)

@@ -212,3 +212,15 @@ def test_from_state_rejects_counts_that_do_not_match_the_buckets() -> None:
     state["buckets"] = [[state["buckets"][0][0], 0]]
     with pytest.raises(ValueError, match="bucket"):
         QuantileSketch.from_state(state)
+
+
+def test_wrong_types_are_type_errors_naming_the_argument() -> None:
+    with pytest.raises(TypeError, match="mantissa_bits must be an int, got str '6'"):
+        QuantileSketch("6")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"mantissa_bits must be an int in 1\.\.20, got 21"):
+        QuantileSketch(21)
+    sketch = QuantileSketch()
+    sketch.add(1.0)
+    with pytest.raises(TypeError, match=r"quantile q must be a number, got str '0\.5'"):
+        sketch.quantile("0.5")  # type: ignore[arg-type]
+    assert sketch.quantile(0.5) == pytest.approx(1.0, rel=0.01)

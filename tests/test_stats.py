@@ -137,3 +137,15 @@ def test_from_state_rejects_a_bad_count(count: object) -> None:
     state["count"] = count
     with pytest.raises(ValueError, match="count"):
         RunningStats.from_state(state)
+
+
+def test_push_refuses_what_is_not_a_finite_number_and_keeps_the_stats() -> None:
+    stats = RunningStats()
+    stats.push(2)
+    for bad, error, message in ((math.nan, ValueError, "must be finite, got nan"),
+                                (math.inf, ValueError, "must be finite, got inf"),
+                                ("1", TypeError, "must be numbers, got str '1'"),
+                                (True, TypeError, "must be numbers, got bool True")):
+        with pytest.raises(error, match=message):
+            stats.push(bad)  # type: ignore[arg-type]
+    assert (stats.count, stats.mean, stats.m2) == (1, 2.0, 0.0)

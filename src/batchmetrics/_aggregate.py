@@ -28,6 +28,7 @@ from ._events import (
     SUCCESS,
     Columns,
     Event,
+    check_count,
     is_finite_number,
 )
 from ._render import iso_timestamp
@@ -88,6 +89,9 @@ class Aggregate:
 
     def __init__(self, *, slowest_k: int = 10, error_messages_per_type: int = 3,
                  max_error_types: int = 100) -> None:
+        slowest_k = check_count(slowest_k, "slowest_k")
+        error_messages_per_type = check_count(error_messages_per_type, "error_messages_per_type")
+        max_error_types = check_count(max_error_types, "max_error_types")
         self.total_files = 0
         self.processed_count = 0
         self.error_count = 0

@@ -59,8 +59,10 @@ class QuantileSketch:
     __slots__ = ("_buckets", "_max", "_min", "_shift", "count", "mantissa_bits", "zero_count")
 
     def __init__(self, mantissa_bits: int = DEFAULT_MANTISSA_BITS) -> None:
-        if isinstance(mantissa_bits, bool) or not isinstance(mantissa_bits, int) \
-                or not 1 <= mantissa_bits <= 20:
+        if isinstance(mantissa_bits, bool) or not isinstance(mantissa_bits, int):
+            raise TypeError(f"mantissa_bits must be an int, got {type(mantissa_bits).__name__} "
+                            f"{mantissa_bits!r}")
+        if not 1 <= mantissa_bits <= 20:
             raise ValueError(f"mantissa_bits must be an int in 1..20, got {mantissa_bits!r}")
         self.mantissa_bits = mantissa_bits
         self._shift = _MANTISSA - mantissa_bits
@@ -150,6 +152,8 @@ class QuantileSketch:
     def quantiles(self, qs: Sequence[float]) -> list[float]:
         """Several quantiles in one pass over the buckets."""
         for q in qs:
+            if isinstance(q, bool) or not isinstance(q, int | float):
+                raise TypeError(f"quantile q must be a number, got {type(q).__name__} {q!r}")
             if not 0.0 <= q <= 1.0:
                 raise ValueError(f"quantile q must be in [0, 1], got {q!r}")
         n = self.count

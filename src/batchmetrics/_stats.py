@@ -39,7 +39,14 @@ class RunningStats:
         self._max = -math.inf
 
     def push(self, x: float) -> None:
-        """Add one value."""
+        """Add one value (a finite number)."""
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise TypeError(f"RunningStats values must be numbers, got {type(x).__name__} {x!r}")
+        if not math.isfinite(x):
+            raise ValueError(f"RunningStats values must be finite, got {x!r}")
+        self._push(float(x))
+
+    def _push(self, x: float) -> None:
         n = self.count + 1
         delta = x - self.mean
         mean = self.mean + delta / n
@@ -62,7 +69,7 @@ class RunningStats:
         if m == 0:
             return
         if m == 1:
-            self.push(float(values[0]))
+            self._push(float(values[0]))
             return
         if isinstance(values, np.ndarray) or m >= _VECTOR_MIN:
             arr = np.asarray(values, dtype=np.float64)
