@@ -348,27 +348,21 @@ async def test_recent_rates_do_not_depend_on_how_events_were_batched() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_batch_that_ended_short_of_total_files_has_no_eta() -> None:
-    async with BatchMetrics("short", total_files=10) as m:
+@pytest.mark.parametrize(("total", "remaining", "percent"), [(10, 7, 30.0), (2, 0, 100.0)])
+async def test_a_batch_that_ended_short_of_or_past_total_files(
+        total: int, remaining: int, percent: float) -> None:
+    # short: no ETA (it did not say 0); past: 100 percent, never more, none remaining
+    async with BatchMetrics("ended", total_files=total) as m:
         for i in range(3):
             await m.record_file(f"f{i}.wfm", duration=0.01)
     progress = m.summary().progress
     assert progress is not None
-    assert progress.remaining == 7
-    assert (progress.eta_seconds, progress.eta_low_seconds, progress.eta_high_seconds) == (
-        None, None, None)
-
-
-@pytest.mark.asyncio
-async def test_more_files_than_total_files_is_100_percent_with_none_remaining() -> None:
-    async with BatchMetrics("over", total_files=2) as m:
-        for i in range(3):
-            await m.record_file(f"f{i}.wfm", duration=0.01)
-    progress = m.summary().progress
-    assert progress is not None
-    assert (progress.completed, progress.remaining) == (3, 0)
-    assert progress.percent == 100.0
-    assert m.summary().to_dict()["progress"]["percent"] == 100.0
+    assert (progress.completed, progress.remaining) == (3, remaining)
+    assert progress.percent == percent
+    assert m.summary().to_dict()["progress"]["percent"] == percent
+    if remaining:
+        assert (progress.eta_seconds, progress.eta_low_seconds,
+                progress.eta_high_seconds) == (None, None, None)
 
 
 def test_a_rate_window_too_short_to_slot_is_refused() -> None:
