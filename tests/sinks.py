@@ -88,3 +88,17 @@ class FailsAfterAWhile(_TakesAll):
     async def write(self, records: Sequence[FileRecord]) -> None:
         await anyio.sleep(0.05)
         raise OSError("disk full")
+
+
+class SecondWriteFails(_TakesAll):
+    """Its first write is slow, its second fails: rows queue up behind a dying disk."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            await anyio.sleep(0.2)
+        elif self.calls == 2:
+            raise OSError("disk full")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -764,3 +765,39 @@ def test_multi_line_error_messages_stay_on_their_row(tmp_path: Path) -> None:
     assert stats.returncode == 0, stats.stderr
     assert r"3 validation errors\n  header.rate" in stats.stdout
     assert "field required\n" not in stats.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_on_a_terminal_file_names_are_text_not_markup_and_stay_on_their_row(
+        tmp_path: Path) -> None:
+    # through rich: "[/]" in a name raised MarkupError, and a NEL (\x85) broke the row
+    pytest.importorskip("rich")
+    import pty  # POSIX only
+
+    db = tmp_path / "h.db"
+    names = ["a[/]b.wfm", "[bold]c.wfm", "d\x85e.wfm"]
+
+    async def run() -> None:
+        async with BatchMetrics("tty", store=db, store_files=True) as m:
+            for name in names:
+                await m.record_file(name, duration=0.1)
+
+    anyio.run(run)
+    master, slave = pty.openpty()
+    try:
+        child = subprocess.Popen([str(SCRIPT), "--db", str(db), "files", "tty"],
+                                 stdin=slave, stdout=slave, stderr=subprocess.PIPE,
+                                 env={**clean_env(), "COLUMNS": "200"})
+    finally:
+        os.close(slave)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while chunk := os.read(master, 4096):
+            shown += chunk
+    os.close(master)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err.decode()
+    text = shown.decode("utf-8", "replace")
+    for name in ("a[/]b.wfm", "[bold]c.wfm", r"d\x85e.wfm"):
+        assert name in text
+    assert len([line for line in text.splitlines() if ".wfm" in line]) == 3

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import re
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -23,6 +24,7 @@ from .sinks import (
     FailsToClose,
     HungOnClose,
     HungSink,
+    SecondWriteFails,
     SlowSink,
 )
 
@@ -666,3 +668,51 @@ async def test_events_buffered_when_the_consumer_failed_are_counted_in_its_error
     uncounted = int(message.split("; ")[1].split()[0])
     assert uncounted > 0
     assert m.summary().total_files + uncounted == returned
+
+
+def _uncounted(error: BaseException) -> int:
+    found = re.search(r"; (\d+) events recorded before that were never counted", str(error))
+    return int(found.group(1)) if found else 0
+
+
+@pytest.mark.asyncio
+async def test_events_behind_a_snapshot_or_from_threads_are_counted_when_lost() -> None:
+    # lost events after a snapshot's marker, or still in the threads' inbox, were left
+    # out of the count of those never counted
+    returned = 0
+    m = BatchMetrics("lost", sinks=[SecondWriteFails()], interval=10)
+
+    async def snapshot() -> None:
+        with contextlib.suppress(RuntimeError):  # the consumer fails meanwhile
+            await m.snapshot()
+
+    with pytest.raises(RuntimeError, match="consumer of batch 'lost' failed") as caught:  # noqa: PT012
+        async with m, anyio.create_task_group() as tg:
+            await m.record_file("first", duration=0.01)
+            returned += 1
+            await anyio.sleep(0.05)  # the consumer is in the slow first write
+            for i in range(300):
+                await m.record_file(f"a{i}", duration=0.01)
+                returned += 1
+            tg.start_soon(snapshot)
+            await anyio.sleep(0.01)
+            for i in range(300):  # behind the snapshot's marker
+                await m.record_file(f"b{i}", duration=0.01)
+                returned += 1
+    assert _uncounted(caught.value) > 0
+    assert m.summary().total_files + _uncounted(caught.value) == returned
+
+    from_threads = 0
+    m = BatchMetrics("lost-threads", sinks=[SecondWriteFails()], buffer_size=256, interval=10)
+
+    def work() -> None:
+        nonlocal from_threads
+        with contextlib.suppress(RuntimeError):  # refused once the consumer is gone
+            for i in range(100_000):
+                m.record_file_threadsafe(f"t{i}", duration=0.01)
+                from_threads += 1
+
+    with pytest.raises(RuntimeError, match="consumer of batch 'lost-threads'") as caught:
+        async with m:
+            await anyio.to_thread.run_sync(work)
+    assert m.summary().total_files + _uncounted(caught.value) == from_threads

@@ -20,6 +20,8 @@ import pytest
 from batchmetrics import BatchMetrics, ExportError, JsonlSink
 from batchmetrics._render import FILE_COLUMNS
 
+from .sinks import FailingSink
+
 
 async def _mixed(m: BatchMetrics, n: int = 40, prefix: str = "") -> None:
     for i in range(n):
@@ -356,3 +358,18 @@ async def test_exports_while_running_hold_every_call_that_returned(tmp_path: Pat
         assert data["state"]["samples"] == 2000
         with (tmp_path / "m.csv").open(newline="", encoding="utf-8") as f:
             assert len(list(csv.DictReader(f))) == 1000
+
+
+@pytest.mark.asyncio
+async def test_exports_after_the_consumer_failed_hold_what_it_counted(tmp_path: Path) -> None:
+    # the exports' snapshot raised "cannot record" once the consumer had failed
+    with pytest.raises(RuntimeError, match="consumer of batch 'failed' failed"):  # noqa: PT012
+        async with BatchMetrics("failed", sinks=[FailingSink()]) as m:
+            await m.record_file("a.wfm", duration=0.1)
+            with pytest.raises(RuntimeError, match="consumer failed"):
+                await m.snapshot()
+            await m.export_json(tmp_path / "m.json")
+            await m.export_csv(tmp_path / "m.csv")
+    data = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+    assert data["summary"]["total_files"] == len(data["files"]) == 1
+    assert (tmp_path / "m.csv").read_text(encoding="utf-8").count("\n") == 2

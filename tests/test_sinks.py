@@ -487,15 +487,13 @@ async def test_a_sink_whose_open_hangs_keeps_the_exit_deadline(tmp_path: Path) -
     # opening a FIFO for writing blocks until a reader comes, as on a dead mount
     fifo = tmp_path / "log.fifo"
     os.mkfifo(fifo)
-    # (the sinks open as the batch starts, within shutdown_timeout)
     m = BatchMetrics("open", sinks=[JsonlSink(fifo)], shutdown_timeout=0.5, interval=3600)
     t0 = time.monotonic()
-    try:
-        with pytest.raises(TimeoutError, match=r"output files did not open within 0\.5 s"):
+    try:  # the rows are buffered: the open comes with the final write, in the close
+        with pytest.raises(TimeoutError, match="finished draining but its sinks did not close"):
             async with m:
-                raise AssertionError("the body must not run")  # pragma: no cover
+                await m.record_file("a.wfm", duration=0.1)
         assert time.monotonic() - t0 < 4  # the deadline, and the grace for the sinks
-        assert m.summary().state == "failed"
     finally:  # let the open in the executor end, so the test's loop can close
         reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         await anyio.sleep(0.2)
@@ -538,10 +536,7 @@ def test_a_sink_stuck_for_good_does_not_keep_the_process_alive(
         [sys.executable, "-c", _STUCK_SINK, str(fifo), "reader" if stuck_in == "write" else "-"],
         capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    # the open is stuck as the batch starts (sinks open then), the write as it ends
-    expected = {"open": "TimeoutError: batch 'stuck': its output files did not open within",
-                "write": "TimeoutError: batch 'stuck' did not finish draining"}[stuck_in]
-    assert done.stdout.startswith(expected)
+    assert done.stdout.startswith("TimeoutError: batch 'stuck' did not finish draining")
     assert done.stdout.endswith("ended\n")
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -224,3 +225,5 @@ def test_wrong_types_are_type_errors_naming_the_argument() -> None:
     with pytest.raises(TypeError, match=r"quantile q must be a number, got str '0\.5'"):
         sketch.quantile("0.5")  # type: ignore[arg-type]
     assert sketch.quantile(0.5) == pytest.approx(1.0, rel=0.01)
+    numpy_qs: list[float] = [np.float32(0.5), np.int64(1)]  # type: ignore[list-item]
+    assert sketch.quantiles(numpy_qs) == [sketch.quantile(0.5)] * 2

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from fractions import Fraction
 
+import numpy as np
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -149,3 +151,14 @@ def test_push_refuses_what_is_not_a_finite_number_and_keeps_the_stats() -> None:
         with pytest.raises(error, match=message):
             stats.push(bad)  # type: ignore[arg-type]
     assert (stats.count, stats.mean, stats.m2) == (1, 2.0, 0.0)
+
+
+def test_push_takes_any_real_number() -> None:
+    stats = RunningStats()
+    for value in (np.float32(1.5), np.int64(3), Fraction(1, 2)):
+        stats.push(value)  # type: ignore[arg-type]
+    assert stats.count == 3
+    assert stats.mean == pytest.approx(5 / 3)
+    with pytest.raises(ValueError, match="must be finite"):
+        stats.push(2**1100)  # past the float range
+    assert stats.count == 3

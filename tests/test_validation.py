@@ -366,20 +366,8 @@ async def test_timed_takes_only_a_result_that_can_be_a_sample_count() -> None:
     assert (row["status"], row["samples"]) == ("success", 0)
 
 
-class _PlainSink:
-    def write(self, records: Any) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
-
-
-def test_a_sink_with_plain_methods_or_listed_twice_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match=r"is not a sink \(write, flush not async\)"):
-        BatchMetrics(sinks=[_PlainSink()])  # type: ignore[list-item]
+def test_a_sink_listed_twice_is_refused(tmp_path: Path) -> None:
+    # it got every row twice
     sink = JsonlSink(tmp_path / "f.jsonl")
     with pytest.raises(ValueError, match="sinks must be distinct"):
         BatchMetrics(sinks=[sink, sink])
@@ -387,24 +375,39 @@ def test_a_sink_with_plain_methods_or_listed_twice_is_refused(tmp_path: Path) ->
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["missing folder", "a folder", "closed"])
-async def test_a_sink_that_cannot_open_fails_the_start_naming_its_file(
+async def test_a_sink_that_cannot_write_fails_the_start_naming_its_file(
         tmp_path: Path, kind: str) -> None:
-    good = CsvSink(tmp_path / "good.csv")
+    # it failed in the consumer, after the first record, and the message had no path
+    kept = tmp_path / "earlier.csv"
+    kept.write_text("precious,data\n1,2\n", encoding="utf-8")
     if kind == "missing folder":
-        bad, shown = JsonlSink(tmp_path / "no" / "f.jsonl"), "No such file or directory"
+        bad, shown = JsonlSink(tmp_path / "no" / "f.jsonl"), r"its folder .*/no' does not exist"
     elif kind == "a folder":
-        bad, shown = JsonlSink(tmp_path), "Is a directory"
+        bad, shown = JsonlSink(tmp_path), "it is a folder"
     else:
         bad, shown = JsonlSink(tmp_path / "used.jsonl"), "is closed: a sink serves one batch"
         async with BatchMetrics(sinks=[bad]):
             pass
-    m = BatchMetrics("bad-sink", sinks=[good, bad])
-    with pytest.raises((OSError, RuntimeError), match=shown):
+    m = BatchMetrics("bad-sink", sinks=[CsvSink(kept), bad])
+    with pytest.raises((ValueError, RuntimeError), match=shown):
         async with m:
             raise AssertionError("the body must not run")  # pragma: no cover
     assert m.summary().state == "failed"
-    with pytest.raises(RuntimeError, match="is closed"):  # what it had opened, it closed
-        await good.write([])
+    # the start checks, it creates and truncates nothing
+    assert kept.read_text(encoding="utf-8") == "precious,data\n1,2\n"
+
+
+@pytest.mark.asyncio
+async def test_a_start_refused_by_the_history_leaves_the_sinks_files_alone(
+        tmp_path: Path) -> None:
+    log, db = tmp_path / "run.csv", tmp_path / "h.db"
+    async with BatchMetrics("nightly", sinks=[CsvSink(log)], store=db) as m:
+        await m.record_file("a.wfm", duration=0.1)
+    before = log.read_bytes()
+    with pytest.raises(ValueError, match="already in the history"):
+        async with BatchMetrics("nightly", sinks=[CsvSink(log)], store=db):
+            raise AssertionError("the body must not run")  # pragma: no cover
+    assert log.read_bytes() == before
 
 
 @pytest.mark.asyncio

@@ -118,7 +118,8 @@ _TABLE_BLOCK = 1000
 
 
 #: Control characters as escapes: a multi-line error message stays on its row.
-_ONE_LINE = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)},
+_ONE_LINE = {**{c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))},
+             0x2028: "\\u2028", 0x2029: "\\u2029",
              ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 
 
@@ -144,12 +145,13 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
         from rich import box
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for i, h in enumerate(headers):
             table.add_column(h, justify="right" if i in right else "left")
         for row in first:
-            table.add_row(*row)
+            table.add_row(*map(Text, row))  # a file name like "a[/]b" is not markup
         Console(file=out, highlight=False).print(table)
         return
     widths = [max([len(h), *(len(r[i]) for r in first)]) for i, h in enumerate(headers)]
@@ -168,9 +170,10 @@ def print_pairs(title: str, pairs: Sequence[tuple[str, str]], out: TextIO | None
     """A section: its title, then ``key  value`` lines indented under it."""
     out = out or sys.stdout
     print(title, file=out)
+    pairs = [(one_line(key), one_line(value)) for key, value in pairs]
     width = max([11, *(len(k) for k, _ in pairs)])  # the same column in every section
     for key, value in pairs:
-        print(f"  {one_line(key).ljust(width)}  {one_line(value)}", file=out)
+        print(f"  {key.ljust(width)}  {value}", file=out)
 
 
 # -- the history --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ the per-file table and the sinks.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import functools
@@ -34,7 +35,6 @@ from typing import (
     overload,
 )
 
-import aiofiles.os
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
@@ -239,7 +239,6 @@ class BatchMetrics:
         self._in_flight_threads = 0
         self._loop_thread = -1
         self._accepts_raw = [getattr(s, "accepts_raw_events", False) for s in self._sinks]
-        self._opened_sinks: list[_FileSink] = []  # by the start (closed if it then fails)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -266,7 +265,7 @@ class BatchMetrics:
         try:
             self._agg.start_ts = _check_clock(self._clock())
             self._window.begin(self._agg.start_ts)
-            await self._start_outputs()
+            await self._check_outputs()
             if self._store_arg is not None:
                 self._store = self._store_arg
                 await self._store.begin(self)
@@ -278,10 +277,6 @@ class BatchMetrics:
             # the error is re-raised as it is: passing it to the task group would wrap it
             self._start_error = exc
             self._outcome = "failed"  # what summary().state and live() report from now on
-            with anyio.move_on_after(_GRACE, shield=True):
-                for sink in self._opened_sinks:
-                    with contextlib.suppress(Exception):
-                        await sink.aclose()
             tg.cancel_scope.cancel()
             send.close()
             recv.close()
@@ -423,20 +418,27 @@ class BatchMetrics:
             await self._finish_after_timeout()
         return problem
 
-    async def _start_outputs(self) -> None:
-        """Check the summary file's folder and open our file sinks: a bad path fails
-        the start, naming the file. Within ``shutdown_timeout``: a hung disk cannot
-        hold the start for ever."""
+    async def _check_outputs(self) -> None:
+        """Check the paths of the summary file and of our file sinks: one every write
+        to would fail fails the start, naming the file. Nothing is created or
+        truncated (a start that fails later leaves every file as it was). Within
+        ``shutdown_timeout``: a hung disk cannot hold the start for ever."""
+        paths = [] if self._summary_path is None else [(self._summary_path, "summary_path")]
+        for sink in self._sinks:
+            if isinstance(sink, _FileSink):
+                if sink.closed:
+                    raise RuntimeError(f"{sink!r} is closed: a sink serves one batch, "
+                                       "make a new one")
+                paths.append((sink.path, f"the file of {sink!r}"))
         with anyio.move_on_after(self._shutdown_timeout) as scope:
-            if self._summary_path is not None:
-                await _check_folder(self._summary_path, "summary_path")
-            for sink in self._sinks:
-                if isinstance(sink, _FileSink):
-                    await sink.start()
-                    self._opened_sinks.append(sink)
+            for path, what in paths:
+                problem = await asyncio.get_running_loop().run_in_executor(
+                    FILE_EXECUTOR, _unwritable, path)
+                if problem:
+                    raise ValueError(f"cannot write {what} {path!r}: {problem}")
         if scope.cancelled_caught:
             raise TimeoutError(
-                f"batch {self.batch_id!r}: its output files did not open within "
+                f"batch {self.batch_id!r}: its output paths could not be checked within "
                 f"{self._shutdown_timeout} s (shutdown_timeout): a hung disk?")
 
     def _needs_ticker(self) -> bool:
@@ -540,6 +542,8 @@ class BatchMetrics:
                 # stream it reads, and threads must not wait for a pump it no longer feeds.
                 self._chunk = None
                 self._inbox.close()
+                if self._consumer_error is not None:  # what threads put and no pump took
+                    self._uncounted += len(self._inbox)
                 await self._close_sinks()
                 self._consumer_done.set()
                 if self._room is not None:  # producers waiting for room learn it has ended
@@ -553,7 +557,8 @@ class BatchMetrics:
         try:
             await self._consume_items(recv)
         except Exception:
-            self._uncounted = _count_buffered(recv)  # lost: the exit's error says how many
+            # lost: the exit's error says how many
+            self._uncounted += _count_buffered(recv)
             raise
         finally:
             recv.close()
@@ -644,12 +649,16 @@ class BatchMetrics:
 
     async def _fold_with_markers(self, items: list[Any]) -> None:
         events: list[Event] = []
-        for item in items:
+        for i, item in enumerate(items):
             if item.__class__ is list:
                 events += item
             else:
                 if events:
-                    await self._fold(events)
+                    try:
+                        await self._fold(events)
+                    except Exception:  # the events after this marker are lost: count them
+                        self._uncounted += sum(len(x) for x in items[i:] if x.__class__ is list)
+                        raise
                     events = []
                 item.event.set()
                 self._markers.discard(item)
@@ -1192,13 +1201,24 @@ class BatchMetrics:
 
     # -- exports -------------------------------------------------------------------------
 
+    async def _export_summary(self) -> BatchMetricsSummary:
+        """While running, the summary of every call that returned so far (``snapshot()``);
+        once the consumer has failed, of what it folded (an export still helps then)."""
+        if self._consumer_error is None:
+            try:
+                return await self.snapshot()
+            except RuntimeError:
+                if self._consumer_error is None:
+                    raise
+        return self.summary()
+
     async def export_json(self, path: str | os.PathLike[str]) -> None:
         """Write ``{"summary", "files", "state"}`` atomically (temp file + ``os.replace``).
 
         While the batch runs, the export holds every record call that returned before
         this call, as ``snapshot()`` does."""
         path = check_path(path, "path")
-        summary = await self.snapshot()  # while running: every call that returned so far
+        summary = await self._export_summary()
         files = self._files
         n = len(files) if files is not None else 0
         rows = files.rows(0, n) if files is not None else iter(())
@@ -1209,7 +1229,7 @@ class BatchMetrics:
         """Write one CSV row per file atomically (reference columns first)."""
         path = check_path(path, "path")
         files = self._require_files()
-        await self.snapshot()  # while running: every call that returned so far
+        await self._export_summary()
         n = len(files)
         if n == 0:
             logger.warning("No file metrics to export; writing the CSV header only")
@@ -1364,14 +1384,17 @@ def _check_clock(now: object) -> float:
     return float(now)
 
 
-async def _check_folder(path: str, field: str) -> None:
-    """Refuse, as the batch starts, a file every write to would fail: its folder is
-    missing, or it is a folder. (In a file thread: a dead mount hangs a ``stat``.)"""
+def _unwritable(path: str) -> str | None:
+    """Why no file could be written at ``path``, or ``None`` (in a file thread: a
+    ``stat`` hangs on a dead mount)."""
     folder = os.path.dirname(path) or "."
-    if not await aiofiles.os.path.isdir(folder, executor=FILE_EXECUTOR):
-        raise ValueError(f"cannot write {field} {path!r}: its folder {folder!r} does not exist")
-    if await aiofiles.os.path.isdir(path, executor=FILE_EXECUTOR):
-        raise ValueError(f"cannot write {field} {path!r}: it is a folder")
+    if not os.path.isdir(folder):
+        return f"its folder {folder!r} does not exist"
+    if os.path.isdir(path):
+        return "it is a folder"
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        return "permission denied"
+    return None
 
 
 def _file_argument(fn: Callable[..., Any]) -> int:

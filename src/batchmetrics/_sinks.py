@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import inspect
 import io
 import os
 import threading
@@ -41,26 +40,12 @@ class Sink(Protocol):
 
 
 def check_sink(obj: object) -> Sink:
-    """``obj`` if it has the three methods, none of them a plain (not ``async``) one."""
-    plain = [name for name in ("write", "flush", "aclose")
-             if not _may_be_async(getattr(obj, name, None))]
-    if not isinstance(obj, Sink) or plain:
-        which = f" ({', '.join(plain)} not async)" if isinstance(obj, Sink) else ""
+    if not isinstance(obj, Sink):
         raise TypeError(
-            f"{obj!r} is not a sink{which}: a sink has async methods write(records), "
-            "flush() and aclose() (see batchmetrics.Sink)"
+            f"{obj!r} is not a sink: a sink has async methods write(records), flush() "
+            "and aclose() (see batchmetrics.Sink)"
         )
     return obj
-
-
-def _may_be_async(method: object) -> bool:
-    """False for a missing method or a plain ``def`` (a sink's methods are awaited);
-    an ``async def`` or another callable (a ``partial``, an object) is taken on trust."""
-    if not callable(method):
-        return False
-    if inspect.iscoroutinefunction(inspect.unwrap(method)):
-        return True
-    return not (inspect.ismethod(method) or inspect.isfunction(method))
 
 
 #: Rows rendered at a time: about 100 KB of text, under malloc's mmap threshold (128 KiB).
@@ -155,11 +140,10 @@ class _FileSink:
     def _render(self, records: Sequence[Event]) -> bytes:
         raise NotImplementedError
 
-    async def start(self) -> None:
-        """Open the file (called as the batch starts): a bad path fails the start."""
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed: a sink serves one batch, make a new one")
-        await self._open()
+    @property
+    def closed(self) -> bool:
+        """Whether the batch it served has closed it."""
+        return self._closed
 
     async def _open(self) -> io.FileIO:
         if self._file is None:
@@ -278,7 +262,7 @@ class JsonlSink(_FileSink):
     ``end_time``, ``samples_per_second``), at about three times the cost per row.
 
     Buffered (``buffer_bytes``), flushed every ``interval`` and at exit. The file
-    is opened, and truncated unless ``append=True``, as the batch starts.
+    is truncated at the first write unless ``append=True``.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, full: bool = False,

@@ -19,6 +19,7 @@ exactly the same buckets. Pure: no clock, no I/O.
 from __future__ import annotations
 
 import math
+import numbers
 import struct
 from array import array
 from collections import Counter
@@ -152,7 +153,7 @@ class QuantileSketch:
     def quantiles(self, qs: Sequence[float]) -> list[float]:
         """Several quantiles in one pass over the buckets."""
         for q in qs:
-            if isinstance(q, bool) or not isinstance(q, int | float):
+            if isinstance(q, bool | np.bool_) or not isinstance(q, numbers.Real):
                 raise TypeError(f"quantile q must be a number, got {type(q).__name__} {q!r}")
             if not 0.0 <= q <= 1.0:
                 raise ValueError(f"quantile q must be in [0, 1], got {q!r}")

@@ -6,6 +6,7 @@ Pure: no clock, no I/O; large batches are summed with numpy.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Sequence
 from itertools import repeat
@@ -40,11 +41,15 @@ class RunningStats:
 
     def push(self, x: float) -> None:
         """Add one value (a finite number)."""
-        if isinstance(x, bool) or not isinstance(x, int | float):
+        if isinstance(x, bool | np.bool_) or not isinstance(x, numbers.Real):
             raise TypeError(f"RunningStats values must be numbers, got {type(x).__name__} {x!r}")
-        if not math.isfinite(x):
+        try:
+            value = float(x)  # numpy numbers, Fraction, Decimal
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
             raise ValueError(f"RunningStats values must be finite, got {x!r}")
-        self._push(float(x))
+        self._push(value)
 
     def _push(self, x: float) -> None:
         n = self.count + 1
