@@ -767,27 +767,14 @@ def test_multi_line_error_messages_stay_on_their_row(tmp_path: Path) -> None:
     assert "field required\n" not in stats.stdout
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
-def test_on_a_terminal_file_names_are_text_not_markup_and_stay_on_their_row(
-        tmp_path: Path) -> None:
-    # through rich: "[/]" in a name raised MarkupError, and a NEL (\x85) broke the row
-    pytest.importorskip("rich")
+def _on_a_terminal(*args: str | Path) -> str:
+    """What the command shows on a real terminal (a pty), where tables go through rich."""
     import pty  # POSIX only
 
-    db = tmp_path / "h.db"
-    names = ["a[/]b.wfm", "[bold]c.wfm", "d\x85e.wfm"]
-
-    async def run() -> None:
-        async with BatchMetrics("tty", store=db, store_files=True) as m:
-            for name in names:
-                await m.record_file(name, duration=0.1)
-
-    anyio.run(run)
     master, slave = pty.openpty()
     try:
-        child = subprocess.Popen([str(SCRIPT), "--db", str(db), "files", "tty"],
-                                 stdin=slave, stdout=slave, stderr=subprocess.PIPE,
-                                 env={**clean_env(), "COLUMNS": "200"})
+        child = subprocess.Popen([str(SCRIPT), *map(str, args)], stdin=slave, stdout=slave,
+                                 stderr=subprocess.PIPE, env={**clean_env(), "COLUMNS": "200"})
     finally:
         os.close(slave)
     shown = b""
@@ -797,7 +784,46 @@ def test_on_a_terminal_file_names_are_text_not_markup_and_stay_on_their_row(
     os.close(master)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 0, err.decode()
-    text = shown.decode("utf-8", "replace")
-    for name in ("a[/]b.wfm", "[bold]c.wfm", r"d\x85e.wfm"):
+    return shown.decode("utf-8", "replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_on_a_terminal_names_and_ids_are_text_not_markup_and_stay_on_their_row(
+        tmp_path: Path) -> None:
+    # through rich: "[/]" in a name or batch id raised MarkupError, "[red]" coloured the
+    # text, and a NEL (\x85) or a bidi override (U+202E) changed what was shown
+    pytest.importorskip("rich")
+    db = tmp_path / "h.db"
+    names = ["a[/]b.wfm", "[bold]c.wfm", "d\x85e.wfm", "f\u202eg.wfm"]
+
+    async def run(batch_id: str) -> None:
+        async with BatchMetrics(batch_id, store=db, store_files=True) as m:
+            for name in names:
+                await m.record_file(name, duration=0.1)
+
+    for batch_id in ("tty[/]", "[red]r2[/]"):
+        anyio.run(run, batch_id)
+    text = _on_a_terminal("--db", db, "files", "tty[/]")
+    for name in ("a[/]b.wfm", "[bold]c.wfm", r"d\x85e.wfm", r"f\u202eg.wfm"):
         assert name in text
-    assert len([line for line in text.splitlines() if ".wfm" in line]) == 3
+    assert len([line for line in text.splitlines() if ".wfm" in line]) == 4
+    compared = _on_a_terminal("--db", db, "compare", "tty[/]", "[red]r2[/]")
+    assert "tty[/]" in compared
+    assert "[red]r2[/]" in compared
+
+
+def test_batch_ids_are_shown_on_one_line(tmp_path: Path) -> None:
+    # a batch id with a line break and an escape sequence printed a fake status line
+    db = tmp_path / "h.db"
+    batch_id = "x\nstatus     finished\x1b[2J"
+
+    async def run() -> None:
+        async with BatchMetrics(batch_id, store=db) as m:
+            await m.record_file("a.wfm", duration=0.1)
+
+    anyio.run(run)
+    for args in (["stats", batch_id], ["watch", batch_id]):
+        result = cli(*args, db=db)
+        assert result.returncode == 0, result.stderr
+        assert r"x\nstatus     finished\x1b[2J" in result.stdout
+        assert "\x1b" not in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import statistics
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -414,9 +415,17 @@ async def test_a_start_refused_by_the_history_leaves_the_sinks_files_alone(
 @pytest.mark.parametrize(("where", "message"), [
     ("no/s.json", r"cannot write summary_path .* its folder .* does not exist"),
     (".", r"cannot write summary_path .* it is a folder"),
+    # replaced by a regular file at the first write (as root, /dev/null was)
+    ("pipe", r"cannot write summary_path .* it is not a regular file"),
+    # a link's own folder exists; its target's does not
+    ("link.json", r"cannot write summary_path .* its folder .*/gone' does not exist"),
 ])
 async def test_a_summary_file_that_cannot_be_written_fails_the_start(
         tmp_path: Path, where: str, message: str) -> None:
+    if where == "pipe":
+        os.mkfifo(tmp_path / where)
+    elif where == "link.json":
+        (tmp_path / where).symlink_to(tmp_path / "gone" / "s.json")
     m = BatchMetrics("no-folder", summary_path=tmp_path / where)
     with pytest.raises(ValueError, match=message):
         async with m:

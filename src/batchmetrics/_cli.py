@@ -124,8 +124,19 @@ _ONE_LINE = {**{c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))},
 
 
 def one_line(text: str) -> str:
-    """``text`` with its line breaks and other control characters escaped."""
-    return text if text.isprintable() else text.translate(_ONE_LINE)
+    """``text`` with its line breaks, control and other invisible characters (bidi
+    overrides, zero widths) escaped: what is shown is what is there, on one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    known = _ONE_LINE.get(code)
+    if known is not None:
+        return known
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
@@ -149,11 +160,12 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
 
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for i, h in enumerate(headers):
-            table.add_column(h, justify="right" if i in right else "left")
+            table.add_column(Text(one_line(h)), justify="right" if i in right else "left")
         for row in first:
             table.add_row(*map(Text, row))  # a file name like "a[/]b" is not markup
         Console(file=out, highlight=False).print(table)
         return
+    headers = [one_line(h) for h in headers]
     widths = [max([len(h), *(len(r[i]) for r in first)]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
@@ -169,7 +181,7 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
 def print_pairs(title: str, pairs: Sequence[tuple[str, str]], out: TextIO | None = None) -> None:
     """A section: its title, then ``key  value`` lines indented under it."""
     out = out or sys.stdout
-    print(title, file=out)
+    print(one_line(title), file=out)
     pairs = [(one_line(key), one_line(value)) for key, value in pairs]
     width = max([11, *(len(k) for k, _ in pairs)])  # the same column in every section
     for key, value in pairs:
@@ -464,7 +476,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      "REGRESSION" if regressions else ""], rows, right=(1, 2, 3))
         for run in (run_a, run_b):
             if run.status != "finished":
-                print(f"note: {run.batch_id} is {run.status}", file=sys.stderr)
+                print(f"note: {one_line(run.batch_id)} is {run.status}", file=sys.stderr)
     if regressions:
         print(f"regression beyond {args.fail_on_regression:g}%: {'; '.join(regressions)}",
               file=sys.stderr)
@@ -491,7 +503,7 @@ def watch_line(run: StoredRun) -> str:
         files += f" files ({progress['percent']:.1f}%)"
     else:
         files += " files"
-    return (f"{run.batch_id}: {run.status} | {files} | "
+    return (f"{one_line(run.batch_id)}: {run.status} | {files} | "
             f"{fmt_rate(t.get('recent_files_per_second', 0.0))} files/s now, "
             f"{fmt_rate(t['files_per_second'])} overall | {fmt_int(s['error_count'])} errors, "
             f"{fmt_int(s['skip_count'])} skipped | {wall}{eta}")

@@ -17,6 +17,7 @@ import inspect
 import logging
 import math
 import os
+import stat
 import threading
 import time
 import uuid
@@ -423,17 +424,18 @@ class BatchMetrics:
         to would fail fails the start, naming the file. Nothing is created or
         truncated (a start that fails later leaves every file as it was). Within
         ``shutdown_timeout``: a hung disk cannot hold the start for ever."""
-        paths = [] if self._summary_path is None else [(self._summary_path, "summary_path")]
+        paths = [] if self._summary_path is None else [
+            (self._summary_path, "summary_path", True)]
         for sink in self._sinks:
             if isinstance(sink, _FileSink):
                 if sink.closed:
                     raise RuntimeError(f"{sink!r} is closed: a sink serves one batch, "
                                        "make a new one")
-                paths.append((sink.path, f"the file of {sink!r}"))
+                paths.append((sink.path, f"the file of {sink!r}", False))
         with anyio.move_on_after(self._shutdown_timeout) as scope:
-            for path, what in paths:
+            for path, what, replaced in paths:
                 problem = await asyncio.get_running_loop().run_in_executor(
-                    FILE_EXECUTOR, _unwritable, path)
+                    FILE_EXECUTOR, _unwritable, path, replaced)
                 if problem:
                     raise ValueError(f"cannot write {what} {path!r}: {problem}")
         if scope.cancelled_caught:
@@ -1384,17 +1386,28 @@ def _check_clock(now: object) -> float:
     return float(now)
 
 
-def _unwritable(path: str) -> str | None:
-    """Why no file could be written at ``path``, or ``None`` (in a file thread: a
-    ``stat`` hangs on a dead mount)."""
-    folder = os.path.dirname(path) or "."
+def _unwritable(path: str, replaced: bool) -> str | None:
+    """Why no file could be written at ``path``, or ``None``. ``replaced``: written by
+    replacing it (a temp file beside it, then a rename), as the summary file is; else
+    opened and written in place, as a sink's file is. In a file thread: a ``stat``
+    hangs on a dead mount."""
+    path = os.path.realpath(path)  # a symlink's target is what gets written
+    folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         return f"its folder {folder!r} does not exist"
-    if os.path.isdir(path):
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
         return "it is a folder"
-    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
-        return "permission denied"
-    return None
+    if replaced:
+        if mode is not None and not stat.S_ISREG(mode):
+            return "it is not a regular file (it would be replaced by one)"
+        writable = os.access(folder, os.W_OK | os.X_OK)
+    else:
+        writable = os.access(path if mode is not None else folder, os.W_OK)
+    return None if writable else "permission denied"
 
 
 def _file_argument(fn: Callable[..., Any]) -> int:

@@ -44,7 +44,7 @@ class RunningStats:
         if isinstance(x, bool | np.bool_) or not isinstance(x, numbers.Real):
             raise TypeError(f"RunningStats values must be numbers, got {type(x).__name__} {x!r}")
         try:
-            value = float(x)  # numpy numbers, Fraction, Decimal
+            value = float(x)  # numpy numbers, Fraction
         except OverflowError:
             value = math.inf
         if not math.isfinite(value):
