@@ -753,14 +753,16 @@ def test_multi_line_error_messages_stay_on_their_row(tmp_path: Path) -> None:
         async with BatchMetrics("multi", store=db, store_files=True) as m:
             await m.record_error("a.wfm", "ValidationError", message, duration=0.1)
             await m.record_file("b\nc.wfm", duration=0.1)
+            await m.record_file("b\\nc.wfm", duration=0.1)  # a backslash, then "n"
 
     anyio.run(run)
     files = cli("files", "multi", db=db)
     assert files.returncode == 0, files.stderr
     rows = files.stdout.splitlines()
-    assert len(rows) == 2 + 2  # header, rule, one line per file
+    assert len(rows) == 2 + 3  # header, rule, one line per file
     assert rows[2].endswith(r"3 validation errors\n  header.rate\n    field required\r\n\tend")
     assert rows[3].startswith(r"b\nc.wfm ")
+    assert rows[4].startswith(r"b\\nc.wfm ")  # told apart from the line break
     stats = cli("stats", "multi", db=db)
     assert stats.returncode == 0, stats.stderr
     assert r"3 validation errors\n  header.rate" in stats.stdout

@@ -120,15 +120,17 @@ _TABLE_BLOCK = 1000
 #: Control characters as escapes: a multi-line error message stays on its row.
 _ONE_LINE = {**{c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))},
              0x2028: "\\u2028", 0x2029: "\\u2029",
-             ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+             ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\\"): "\\\\"}
 
 
 def one_line(text: str) -> str:
     """``text`` with its line breaks, control and other invisible characters (bidi
-    overrides, zero widths) escaped: what is shown is what is there, on one line."""
-    if text.isprintable():
+    overrides, zero widths) escaped and backslashes doubled: what is shown is what
+    is there, on one line."""
+    if text.isprintable() and "\\" not in text:
         return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
+    # a backslash is doubled, as in repr(): a name "a\\nb" is not one with a line break
+    return "".join(c if c.isprintable() and c != "\\" else _escape(c) for c in text)
 
 
 def _escape(c: str) -> str:

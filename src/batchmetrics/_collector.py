@@ -1391,18 +1391,19 @@ def _unwritable(path: str, replaced: bool) -> str | None:
     replacing it (a temp file beside it, then a rename), as the summary file is; else
     opened and written in place, as a sink's file is. In a file thread: a ``stat``
     hangs on a dead mount."""
-    path = os.path.realpath(path)  # a symlink's target is what gets written
-    folder = os.path.dirname(path)
+    if not replaced:  # opened: a symlink's target is what gets written
+        path = os.path.realpath(path)
+    folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         return f"its folder {folder!r} does not exist"
-    try:
-        mode: int | None = os.stat(path).st_mode
+    try:  # replaced: a symlink is replaced as a file would be
+        mode: int | None = (os.lstat if replaced else os.stat)(path).st_mode
     except FileNotFoundError:
         mode = None
     if mode is not None and stat.S_ISDIR(mode):
         return "it is a folder"
     if replaced:
-        if mode is not None and not stat.S_ISREG(mode):
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
             return "it is not a regular file (it would be replaced by one)"
         writable = os.access(folder, os.W_OK | os.X_OK)
     else:
