@@ -349,6 +349,7 @@ def test_cli_merge_of_states_whose_sum_leaves_the_float_range_is_one_line(
     big["state"]["busy_seconds"] = 1e308
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(big))
+    big["state"]["busy_seconds"] = 0.9e308  # another part, not a copy
     b.write_text(json.dumps(big))
     done = cli("merge", a, b, "-o", tmp_path / "out.json")
     assert done.returncode == 2
@@ -371,7 +372,8 @@ def test_cli_merge_of_states_it_cannot_combine_is_one_line(
                            "different precision: mantissa_bits 6 and 5\n")
 
 
-def test_cli_merge_refuses_a_file_given_twice(export: dict[str, Any], tmp_path: Path) -> None:
+def test_cli_merge_refuses_a_file_given_twice_or_a_copy(
+        export: dict[str, Any], tmp_path: Path) -> None:
     # an overlapping glob (part-1.json twice) doubled every count without a word
     (tmp_path / "part-1.json").write_text(json.dumps(export))
     (tmp_path / "part-2.json").write_text(json.dumps(export))
@@ -380,8 +382,8 @@ def test_cli_merge_refuses_a_file_given_twice(export: dict[str, Any], tmp_path: 
         assert result.returncode == 2
         assert "given twice" in result.stderr
         assert not (tmp_path / "total.json").exists()
-    # two files with the same content are two parts
+    # a copy holds the same state: the same run, not another part of the batch
     result = cli("merge", "part-1.json", "part-2.json", "-o", "total.json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    total = json.loads((tmp_path / "total.json").read_text())
-    assert total["summary"]["total_files"] == 2 * export["summary"]["total_files"]
+    assert result.returncode == 2
+    assert "part-2.json: it holds the same state as part-1.json (a copy?)" in result.stderr
+    assert not (tmp_path / "total.json").exists()

@@ -601,6 +601,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
                 raise CliError(f"cannot merge {path}: given twice (as {first}); its files "
                                "would be counted twice")
     states = [_read_state(p) for p in args.inputs]
+    first_with: dict[str, str] = {}
+    for path, (_, state) in zip(args.inputs, states, strict=True):  # a copy of one export
+        first = first_with.setdefault(json.dumps(state, sort_keys=True), path)
+        if first != path:
+            raise CliError(f"cannot merge {path}: it holds the same state as {first} (a copy?); "
+                           "its files would be counted twice")
     reading = [""]
 
     def each_state() -> Iterator[dict[str, Any]]:
