@@ -385,5 +385,6 @@ def test_cli_merge_refuses_a_file_given_twice_or_a_copy(
     # a copy holds the same state: the same run, not another part of the batch
     result = cli("merge", "part-1.json", "part-2.json", "-o", "total.json", cwd=tmp_path)
     assert result.returncode == 2
-    assert "part-2.json: it holds the same state as part-1.json (a copy?)" in result.stderr
+    assert "part-2.json: it holds the same state as part-1.json (given twice, or a copy?)" \
+        in result.stderr
     assert not (tmp_path / "total.json").exists()

@@ -592,21 +592,15 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    seen: dict[tuple[int, int], str] = {}
-    for path in args.inputs:  # a file given twice (an overlapping glob) would count twice
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            first = seen.setdefault((st.st_dev, st.st_ino), path)
-            if first != path or args.inputs.count(path) > 1:
-                raise CliError(f"cannot merge {path}: given twice (as {first}); its files "
-                               "would be counted twice")
     states = [_read_state(p) for p in args.inputs]
-    first_with: dict[str, str] = {}
-    for path, (_, state) in zip(args.inputs, states, strict=True):  # a copy of one export
-        first = first_with.setdefault(json.dumps(state, sort_keys=True), path)
-        if first != path:
-            raise CliError(f"cannot merge {path}: it holds the same state as {first} (a copy?); "
-                           "its files would be counted twice")
+    first_with: dict[str, int] = {}
+    for i, (path, (_, state)) in enumerate(zip(args.inputs, states, strict=True)):
+        # one file given twice (an overlapping glob), or a copy of one export
+        first = first_with.setdefault(json.dumps(state, sort_keys=True), i)
+        if first != i:
+            raise CliError(f"cannot merge {path}: it holds the same state as "
+                           f"{args.inputs[first]} (given twice, or a copy?); its files "
+                           "would be counted twice")
     reading = [""]
 
     def each_state() -> Iterator[dict[str, Any]]:
