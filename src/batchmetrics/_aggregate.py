@@ -24,6 +24,8 @@ from ._events import (
     F_ERROR_TYPE,
     F_NAME,
     F_STATUS,
+    FIRST_STAMP,
+    STAMPS_END,
     STATUS_NAMES,
     SUCCESS,
     Columns,
@@ -555,16 +557,11 @@ def merge_states(states: Iterable[dict[str, Any]]) -> Aggregate:
     return total
 
 
-#: The stamps ``datetime`` can write: 0001-01-01 to the end of 9999, in Unix seconds.
-_FIRST_STAMP = -62_135_596_800.0
-_STAMPS_END = 253_402_300_800.0
-
-
 def _stamps_problem(agg: Aggregate) -> str | None:
     """What is wrong with the start and end stamps, or ``None``."""
     for name, ts in (("start_ts", agg.start_ts), ("end_ts", agg.end_ts)):
-        if ts is not None and not _FIRST_STAMP <= ts < _STAMPS_END:
-            return (f"{name} must be a Unix time in [{_FIRST_STAMP:.0f}, {_STAMPS_END:.0f}) "
+        if ts is not None and not FIRST_STAMP <= ts < STAMPS_END:
+            return (f"{name} must be a Unix time in [{FIRST_STAMP:.0f}, {STAMPS_END:.0f}) "
                     f"(years 1 to 9999), got {ts!r}")
     return None
 

@@ -48,7 +48,9 @@ from ._blocking import FILE_EXECUTOR
 from ._events import (
     COUNT_LIMIT,
     ERROR,
+    FIRST_STAMP,
     SKIPPED,
+    STAMPS_END,
     Columns,
     Event,
     FileRecord,
@@ -1380,9 +1382,9 @@ def _check_clock(now: object) -> float:
     if isinstance(now, bool) or not isinstance(now, int | float):
         raise TypeError(f"clock must return a number (seconds since the epoch), got "
                         f"{type(now).__name__} {now!r}")
-    if not (math.isfinite(now) and abs(now) <= 1e11):
-        raise ValueError(f"clock must return seconds since the epoch, a finite number "
-                         f"within 3000 years of 1970, got {now!r}")
+    if not FIRST_STAMP <= now < STAMPS_END:  # NaN fails too
+        raise ValueError(f"clock must return seconds since the epoch, a date between the "
+                         f"years 1 and 9999, got {now!r}")
     return float(now)
 
 

@@ -120,6 +120,9 @@ def check_bool(value: object, field: str) -> bool:
 #: its duration) stays a date ``datetime`` can write, and squares and sums of
 #: durations stay far inside the float range (the variance never overflows).
 MAX_SECONDS = 1e10
+#: The stamps ``datetime`` can write: 0001-01-01 to the end of 9999, in Unix seconds.
+FIRST_STAMP = -62_135_596_800.0
+STAMPS_END = 253_402_300_800.0
 #: Counts are ints below this: sums over any number of files stay exact ints that
 #: still convert to float (for rates).
 COUNT_LIMIT = 2**128
