@@ -59,6 +59,7 @@ from ._events import (
     check_duration,
     check_fields,
     check_filename,
+    check_optional_count,
     check_optional_str,
     check_path,
     check_status,
@@ -661,7 +662,7 @@ class BatchMetrics:
                     try:
                         await self._fold(events)
                     except Exception:  # the events after this marker are lost: count them
-                        self._uncounted += sum(len(x) for x in items[i:] if x.__class__ is list)
+                        self._uncounted += _events_in(items[i:])
                         raise
                     events = []
                 item.event.set()
@@ -1241,10 +1242,6 @@ class BatchMetrics:
         logger.info("Batch metrics CSV exported to %s", os.fspath(path))
 
 
-def _check_peak(value: object, field: str) -> int | None:
-    return None if value is None else check_count(value, field)
-
-
 class _Checked(Generic[_T]):
     """A counter of a ``track()`` handle, checked as it is set: a bad value raises at
     the line that set it, not as the block ends (where the file's outcome would be lost)."""
@@ -1276,7 +1273,7 @@ class _TrackedFile:
     samples = _Checked(check_count)
     measurements = _Checked(check_count)
     bytes_processed = _Checked(check_count)
-    memory_peak = _Checked(_check_peak)
+    memory_peak = _Checked(check_optional_count)
 
     def __init__(self, metrics: BatchMetrics, filename: str) -> None:
         self._metrics = metrics
@@ -1299,9 +1296,9 @@ class _TrackedFile:
             if self._skip_reason is not None:
                 return {"duration": duration, "status": "skipped",
                         "error_message": self._skip_reason}
-            return {"duration": duration, "samples": self.samples,
-                    "measurements": self.measurements, "bytes_processed": self.bytes_processed,
-                    "memory_peak": self.memory_peak}
+            return {"duration": duration, "samples": self._samples,  # checked when set
+                    "measurements": self._measurements,
+                    "bytes_processed": self._bytes_processed, "memory_peak": self._memory_peak}
         if isinstance(exc, Exception):
             return {"duration": duration, "status": "error", "error_type": type(exc).__name__,
                     "error_message": str(exc)}
@@ -1362,14 +1359,17 @@ class TrackedInThread(_TrackedFile):
 
 
 def _count_buffered(recv: MemoryObjectReceiveStream[Any]) -> int:
-    """Take what is left in the stream; how many events it held (chunks are lists)."""
-    count = 0
+    """Take what is left in the stream; how many events it held."""
+    items = []
     with contextlib.suppress(WouldBlock, EndOfStream, ClosedResourceError):
         while True:
-            item = recv.receive_nowait()
-            if isinstance(item, list):
-                count += len(item)
-    return count
+            items.append(recv.receive_nowait())
+    return _events_in(items)
+
+
+def _events_in(items: Sequence[Any]) -> int:
+    """How many events stream items hold: chunks are lists, snapshot markers hold none."""
+    return sum(len(item) for item in items if item.__class__ is list)
 
 
 def _describe(exc: BaseException) -> str:

@@ -110,6 +110,11 @@ def check_path(value: object, field: str) -> str:
     return path
 
 
+def check_optional_count(value: object, field: str) -> int | None:
+    """``None``, or a count as ``check_count`` takes it."""
+    return None if value is None else check_count(value, field)
+
+
 def check_bool(value: object, field: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{field} must be a bool, got {type(value).__name__} {value!r}")
@@ -134,7 +139,7 @@ def is_finite_number(value: object) -> bool:
             and math.isfinite(value))
 
 
-def _is_bool(value: object) -> bool:
+def is_bool(value: object) -> bool:
     """``bool``, or numpy's (which converts to float quietly)."""
     return isinstance(value, bool) or (
         type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
@@ -144,7 +149,7 @@ def check_duration(value: object, field: str = "duration") -> float:
     """A number of seconds in ``[0, MAX_SECONDS]`` (``bool`` is refused)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         try:
-            if _is_bool(value) or isinstance(value, str | bytes):
+            if is_bool(value) or isinstance(value, str | bytes):
                 raise TypeError
             value = float(value)  # type: ignore[arg-type]  # numpy floats, Decimal, ...
         except (TypeError, ValueError):
@@ -221,5 +226,5 @@ def check_fields(
         check_count(bytes_processed, "bytes_processed"),
         check_optional_str(error_type, "error_type"),
         check_optional_str(error_message, "error_message"),
-        None if memory_peak is None else check_count(memory_peak, "memory_peak"),
+        check_optional_count(memory_peak, "memory_peak"),
     )

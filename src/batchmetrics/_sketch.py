@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._events import is_finite_number
+from ._events import is_bool, is_finite_number
 
 #: Batches at least this long go through numpy (below it, numpy's per-call cost dominates).
 VECTOR_MIN = 64
@@ -153,7 +153,7 @@ class QuantileSketch:
     def quantiles(self, qs: Sequence[float]) -> list[float]:
         """Several quantiles in one pass over the buckets."""
         for q in qs:
-            if isinstance(q, bool | np.bool_) or not isinstance(q, numbers.Real):
+            if is_bool(q) or not isinstance(q, numbers.Real):
                 raise TypeError(f"quantile q must be a number, got {type(q).__name__} {q!r}")
             if not 0.0 <= q <= 1.0:
                 raise ValueError(f"quantile q must be in [0, 1], got {q!r}")

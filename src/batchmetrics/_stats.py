@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._events import is_finite_number
+from ._events import is_bool, is_finite_number
 
 #: Batches at least this long are summed with numpy.
 _VECTOR_MIN = 64
@@ -41,7 +41,7 @@ class RunningStats:
 
     def push(self, x: float) -> None:
         """Add one value (a finite number)."""
-        if isinstance(x, bool | np.bool_) or not isinstance(x, numbers.Real):
+        if is_bool(x) or not isinstance(x, numbers.Real):
             raise TypeError(f"RunningStats values must be numbers, got {type(x).__name__} {x!r}")
         try:
             value = float(x)  # numpy numbers, Fraction
