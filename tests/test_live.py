@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -137,7 +140,7 @@ def test_live_rejects_a_non_number_interval() -> None:
         ({"keep_files": 0}, TypeError, "keep_files must be a bool"),
         ({"shutdown_timeout": 0}, ValueError, "shutdown_timeout must be > 0 and finite, got 0"),
         ({"slowest": -1}, ValueError, "slowest must be >= 0, got -1"),
-        ({"clock": None}, TypeError, "clock must be callable, got None"),
+        ({"clock": 1.7e9}, TypeError, "clock must be callable or None, got 1700000000.0"),
     ],
 )
 def test_bad_constructor_arguments_are_named(
@@ -303,6 +306,45 @@ async def test_a_clock_starting_at_zero_still_gives_wall_time_and_stamps() -> No
     assert summary.timing.total_duration == 10.0  # wall time, not the sum of durations
     assert summary.throughput.files_per_second == pytest.approx(0.2)
     assert summary.to_dict()["start_time"] == "1970-01-01T00:00:00+00:00"
+
+
+# A child whose wall clock NTP steps back an hour mid-run. The system's clock cannot be
+# stepped here, so ``time.time`` is replaced before batchmetrics is imported; the
+# monotonic clock is the real one.
+_STEPPED_CLOCK_RUN = r"""
+import json, time
+_real, _step = time.time, [0.0]
+time.time = lambda: _real() + _step[0]
+import anyio
+from batchmetrics import BatchMetrics
+
+async def main():
+    async with BatchMetrics("stepped", keep_files=True, total_files=4) as m:
+        await m.record_file("a.wfm", duration=0.02, samples=100)
+        await anyio.sleep(0.05)
+        _step[0] = -3600.0
+        await m.record_file("b.wfm", duration=0.02, samples=100)
+        live = (await m.snapshot()).to_dict()
+    print(json.dumps({"live": live, "final": m.summary().to_dict(),
+                      "files": m.get_file_metrics()}))
+
+anyio.run(main)
+"""
+
+
+def test_a_wall_clock_stepped_back_mid_run_changes_no_duration_or_rate() -> None:
+    out = subprocess.run([sys.executable, "-c", _STEPPED_CLOCK_RUN], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    run = json.loads(out)
+    live, final = run["live"], run["final"]
+    for summary in (live, final):
+        assert 0.05 <= summary["timing"]["total_duration_seconds"] < 30
+        assert summary["throughput"]["files_per_second"] > 0
+        assert summary["throughput"]["recent_files_per_second"] > 0
+    assert live["progress"]["eta_seconds"] > 0
+    assert final["end_time"] > final["start_time"]
+    first, second = run["files"]
+    assert second["end_time"] > first["end_time"]
 
 
 @pytest.mark.asyncio

@@ -134,7 +134,10 @@ class BatchMetrics:
         shutdown_timeout: the longest the exit may take to drain and finish its outputs;
             past it the exit raises ``TimeoutError`` and the batch is ``failed``, after
             a short grace for the sinks, the summary file and the store (2 s each at most).
-        clock: wall-clock function (seconds since the epoch); inject one in tests.
+        clock: function giving the time in seconds since the epoch; inject one in tests.
+            By default, the wall clock at the start advanced by the monotonic clock:
+            a step of the system clock mid-run (NTP, a manual change) moves no stamp
+            back and makes no duration or rate negative.
     """
 
     def __init__(
@@ -153,7 +156,7 @@ class BatchMetrics:
         rate_window: float = 10.0,
         slowest: int = 10,
         shutdown_timeout: float = 60.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if batch_id is None:
             batch_id = str(uuid.uuid4())
@@ -188,8 +191,8 @@ class BatchMetrics:
             raise ValueError(f"rate_window must be >= 0.01 seconds, got {rate_window!r}")
         _check_positive(shutdown_timeout, "shutdown_timeout")
         slowest = check_count(slowest, "slowest")
-        if not callable(clock):
-            raise TypeError(f"clock must be callable, got {clock!r}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable or None, got {clock!r}")
         if isinstance(sinks, Sink | str | bytes) or not isinstance(sinks, Sequence):
             raise TypeError(f"sinks must be a sequence of sinks, got {sinks!r}")
         self._sinks = [check_sink(s) for s in sinks]
@@ -202,7 +205,12 @@ class BatchMetrics:
         self._buffer_size = buffer_size
         self._interval = float(interval)
         self._shutdown_timeout = float(shutdown_timeout)
-        self._clock = clock
+        # Stamps are self._clock() + self._clock_offset. By default, the monotonic clock
+        # plus the wall time at which it read 0 (set again at the start): the wall clock,
+        # but never stepped (NTP, a manual change), so no duration or rate goes negative.
+        self._steady = clock is None
+        self._clock: Callable[[], float] = time.monotonic if clock is None else clock
+        self._clock_offset = _wall_offset() if clock is None else 0.0
         self._summary_path = summary_path
         self._display = display
         self._store_arg = store
@@ -267,7 +275,9 @@ class BatchMetrics:
         await tg.__aenter__()
         self._tg = tg
         try:
-            self._agg.start_ts = _check_clock(self._clock())
+            if self._steady:
+                self._clock_offset = _wall_offset()
+            self._agg.start_ts = _check_clock(self._clock(), self._clock_offset)
             self._window.begin(self._agg.start_ts)
             await self._check_outputs()
             if self._store_arg is not None:
@@ -342,7 +352,7 @@ class BatchMetrics:
             self._finished.set()
             raise failure
         if self._agg.end_ts is None:
-            self._agg.end_ts = self._clock()
+            self._agg.end_ts = self._now()
         self._state = BatchState.FINISHED
         self._finished.set()
         for marker in self._markers:
@@ -396,7 +406,7 @@ class BatchMetrics:
             self._stop_pump()
             send.close()
             await self._consumer_done.wait()
-            self._agg.end_ts = self._clock()
+            self._agg.end_ts = self._now()
             if self._consumer_error is not None and self._outcome == "finished":
                 self._outcome = "failed"  # rows it had not handed to the sinks are lost
             # A periodic write in progress ends first, and none starts after (the
@@ -490,7 +500,7 @@ class BatchMetrics:
         if self._outcome != "cancelled":
             self._outcome = "failed"  # the exit raises: the summary, file and store say so
         if self._agg.end_ts is None:
-            self._agg.end_ts = self._clock()
+            self._agg.end_ts = self._now()
         self._state = BatchState.FINISHED
         final = self._final = self._make_summary()
         if self._ticker_scope is not None:  # a periodic write may hang like the outputs
@@ -793,8 +803,8 @@ class BatchMetrics:
                 filename, duration, samples, measurements, bytes_processed, error_type,
                 error_message, memory_peak)
         code = 0 if status == "success" else check_status(status)
-        ev = (filename, self._clock(), duration, samples, measurements, bytes_processed, code,
-              error_type, error_message, memory_peak)
+        ev = (filename, self._clock() + self._clock_offset, duration, samples, measurements,
+              bytes_processed, code, error_type, error_message, memory_peak)
         # An open chunk exists only while the batch runs (it is dropped before the exit).
         chunk = self._chunk
         if chunk is not None and len(chunk) < 256:  # _CHUNK, as a constant: the hot path
@@ -884,7 +894,8 @@ class BatchMetrics:
             error_type = str.__str__(error_type)  # a str subclass, e.g. numpy.str_: plain
             error_message = check_optional_str(error_message, "error_message")
             filename, duration = check_filename(filename), check_duration(duration)
-        ev = (filename, self._clock(), duration, 0, 0, 0, ERROR, error_type, error_message, None)
+        ev = (filename, self._clock() + self._clock_offset, duration, 0, 0, 0, ERROR,
+              error_type, error_message, None)
         chunk = self._chunk
         if chunk is not None and len(chunk) < _CHUNK:
             chunk.append(ev)
@@ -897,7 +908,8 @@ class BatchMetrics:
             if not isinstance(reason, str):
                 raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
             filename, reason = check_filename(filename), str.__str__(reason)
-        ev = (filename, self._clock(), 0.0, 0, 0, 0, SKIPPED, None, reason, None)
+        ev = (filename, self._clock() + self._clock_offset, 0.0, 0, 0, 0, SKIPPED, None,
+              reason, None)
         chunk = self._chunk
         if chunk is not None and len(chunk) < _CHUNK:
             chunk.append(ev)
@@ -994,8 +1006,9 @@ class BatchMetrics:
             filename, duration, samples, measurements, bytes_processed, error_type,
             error_message, memory_peak)
         code = check_status(status)
-        self._put_from_thread((filename, self._clock(), duration, samples, measurements,
-                               bytes_processed, code, error_type, error_message, memory_peak))
+        self._put_from_thread((filename, self._clock() + self._clock_offset, duration, samples,
+                               measurements, bytes_processed, code, error_type, error_message,
+                               memory_peak))
 
     def record_error_threadsafe(
         self, filename: str | os.PathLike[str], error_type: str, error_message: str,
@@ -1118,6 +1131,10 @@ class BatchMetrics:
             await self._consumer_done.wait()  # the exit is draining (not starting): wait
         return self.summary()
 
+    def _now(self) -> float:
+        """The time now, as events are stamped (an injected clock's reading as it is)."""
+        return self._clock() + self._clock_offset if self._steady else self._clock()
+
     def summary(self) -> BatchMetricsSummary:
         """The summary now, in O(1) time; final once the batch has exited.
 
@@ -1130,7 +1147,7 @@ class BatchMetrics:
 
     def _make_summary(self, *, final: bool = False) -> BatchMetricsSummary:
         finished = final or self._state is BatchState.FINISHED
-        now = self._clock()
+        now = self._now()
         end = self._agg.end_ts
         recent = self._window.rates(end if finished and end is not None else now)
         eta: tuple[float | None, float | None, float | None] = (None, None, None)
@@ -1377,11 +1394,18 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _check_clock(now: object) -> float:
-    """The clock's first reading: seconds since the epoch that a date can be made of."""
-    if isinstance(now, bool) or not isinstance(now, int | float):
+def _wall_offset() -> float:
+    """The wall time at which ``time.monotonic()`` read 0."""
+    return time.time() - time.monotonic()
+
+
+def _check_clock(reading: object, offset: float) -> float:
+    """The clock's first reading plus ``offset``: seconds since the epoch that a date
+    can be made of."""
+    if isinstance(reading, bool) or not isinstance(reading, int | float):
         raise TypeError(f"clock must return a number (seconds since the epoch), got "
-                        f"{type(now).__name__} {now!r}")
+                        f"{type(reading).__name__} {reading!r}")
+    now = reading + offset
     if not FIRST_STAMP <= now < STAMPS_END:  # NaN fails too
         raise ValueError(f"clock must return seconds since the epoch, a date between the "
                          f"years 1 and 9999, got {now!r}")
