@@ -162,6 +162,22 @@ async def test_integer_durations_and_zero_counts_are_accepted() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_negative_zero_duration_is_written_as_zero(tmp_path: Path) -> None:
+    # -0.0 passes ">= 0"; kept as it was, the log, the exports and the minimum said "-0.0"
+    log = tmp_path / "files.jsonl"
+    async with BatchMetrics(keep_files=True, sinks=[JsonlSink(log)]) as m:
+        await m.record_file("a.wfm", duration=-0.0)
+        await m.record_error("b.wfm", "OSError", "gone", duration=-0.0)
+        await anyio.to_thread.run_sync(
+            functools.partial(m.record_file_threadsafe, "c.wfm", duration=-0.0))
+    await m.export_json(tmp_path / "m.json")
+    await m.export_csv(tmp_path / "m.csv")
+    for path in (log, tmp_path / "m.json", tmp_path / "m.csv"):
+        assert "-0.0" not in path.read_text(encoding="utf-8"), path.name
+    assert math.copysign(1.0, m.summary().timing.min_per_file) == 1.0
+
+
+@pytest.mark.asyncio
 async def test_counts_beyond_int64_are_recorded_without_breaking_the_batch() -> None:
     # used to crash the consumer: the per-file table kept counts in int64 arrays
     big = 2**63

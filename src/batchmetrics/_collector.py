@@ -791,6 +791,7 @@ class BatchMetrics:
             or bytes_processed.__class__ is not int
             or not filename
             or not 0.0 <= duration <= 1e10  # MAX_SECONDS; NaN fails
+            or (not duration and math.copysign(1.0, duration) < 0.0)  # -0.0, made 0.0 there
             # any count < 0 (the OR is then negative) or >= 2**128 (COUNT_LIMIT)
             or (samples | measurements | bytes_processed) >> 128
             or (error_type is not None and error_type.__class__ is not str)
@@ -887,6 +888,7 @@ class BatchMetrics:
             or not filename
             or duration.__class__ is not float
             or not 0.0 <= duration <= 1e10  # MAX_SECONDS; NaN fails
+            or (not duration and math.copysign(1.0, duration) < 0.0)  # -0.0, made 0.0 there
         ):
             if not isinstance(error_type, str):
                 raise TypeError(f"error_type must be a str, got {type(error_type).__name__} "

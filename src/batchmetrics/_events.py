@@ -166,7 +166,7 @@ def check_duration(value: object, field: str = "duration") -> float:
         raise ValueError(f"{field} must be >= 0, got {value!r}")
     if value > MAX_SECONDS:
         raise ValueError(f"{field} must be <= {MAX_SECONDS:g} seconds, got {value!r}")
-    return value
+    return value or 0.0  # not -0.0
 
 
 def check_count(value: object, field: str) -> int:
