@@ -390,6 +390,55 @@ def test_a_sink_listed_twice_is_refused(tmp_path: Path) -> None:
         BatchMetrics(sinks=[sink, sink])
 
 
+@pytest.mark.parametrize("other", ["sink", "summary_path", "store"])
+def test_two_outputs_on_one_path_are_refused_naming_both(tmp_path: Path,
+                                                         other: str) -> None:
+    # they overwrote each other: a sink truncated the history, two logs interleaved
+    path = tmp_path / "out.jsonl"
+    cases: dict[str, dict[str, Any]] = {
+        "sink": {"sinks": [CsvSink(path), JsonlSink(tmp_path / "." / "out.jsonl")]},
+        "summary_path": {"sinks": [CsvSink(path)], "summary_path": path},
+        "store": {"sinks": [CsvSink(path)], "store": path},
+    }
+    with pytest.raises(ValueError, match=r"and .* are the same file .*out\.jsonl"):
+        BatchMetrics(**cases[other])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+async def test_two_sinks_on_one_file_through_a_link_fail_the_start(
+        tmp_path: Path, link: str) -> None:
+    log = tmp_path / "run.jsonl"
+    log.write_text('{"kept": true}\n', encoding="utf-8")
+    alias = tmp_path / "alias.jsonl"
+    if link == "symlink":
+        alias.symlink_to(log)
+    else:
+        os.link(log, alias)
+    m = BatchMetrics(sinks=[JsonlSink(log), CsvSink(alias)])
+    with pytest.raises(ValueError, match="are the same file"):
+        async with m:
+            raise AssertionError("the body must not run")  # pragma: no cover
+    assert log.read_text(encoding="utf-8") == '{"kept": true}\n'
+
+
+@pytest.mark.asyncio
+async def test_relative_output_paths_are_those_of_the_working_directory_when_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # they were resolved when first written, against whatever directory was current
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    m = BatchMetrics(sinks=[JsonlSink("files.jsonl")], summary_path="summary.json",
+                     store="history.db")
+    monkeypatch.chdir(tmp_path / "b")
+    async with m:
+        await m.record_file("x.wfm", duration=0.1)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "files.jsonl", "history.db", "summary.json"]
+    assert list((tmp_path / "b").iterdir()) == []
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["missing folder", "a folder", "closed", "dangling link"])
 async def test_a_sink_that_cannot_write_fails_the_start_naming_its_file(

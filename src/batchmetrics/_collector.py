@@ -28,6 +28,7 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Generic,
+    NamedTuple,
     ParamSpec,
     Self,
     TypeGuard,
@@ -173,8 +174,8 @@ class BatchMetrics:
         check_bool(keep_files, "keep_files")
         check_bool(store_files, "store_files")
         check_bool(display, "display")
-        if summary_path is not None:
-            summary_path = check_path(summary_path, "summary_path")
+        if summary_path is not None:  # relative to the working directory of now
+            summary_path = os.path.abspath(check_path(summary_path, "summary_path"))
         if store is not None:
             from ._store import Store  # aiosqlite is imported only when a store is used
 
@@ -199,6 +200,8 @@ class BatchMetrics:
         if len({id(s) for s in self._sinks}) < len(self._sinks):
             raise ValueError(f"sinks must be distinct: each would get every row once per "
                              f"listing, got {sinks!r}")
+        _check_distinct_files(_output_files(summary_path, self._sinks) + _history_file(store),
+                              _same_path)
         self.batch_id = batch_id
         self.keep_files = keep_files
         self.total_files = total_files
@@ -437,20 +440,20 @@ class BatchMetrics:
         to would fail fails the start, naming the file. Nothing is created or
         truncated (a start that fails later leaves every file as it was). Within
         ``shutdown_timeout``: a hung disk cannot hold the start for ever."""
-        paths = [] if self._summary_path is None else [
-            (self._summary_path, "summary_path", True)]
         for sink in self._sinks:
-            if isinstance(sink, _FileSink):
-                if sink.closed:
-                    raise RuntimeError(f"{sink!r} is closed: a sink serves one batch, "
-                                       "make a new one")
-                paths.append((sink.path, f"the file of {sink!r}", False))
+            if isinstance(sink, _FileSink) and sink.closed:
+                raise RuntimeError(f"{sink!r} is closed: a sink serves one batch, "
+                                   "make a new one")
+        files = _output_files(self._summary_path, self._sinks)
+        run = asyncio.get_running_loop().run_in_executor
         with anyio.move_on_after(self._shutdown_timeout) as scope:
-            for path, what, replaced in paths:
-                problem = await asyncio.get_running_loop().run_in_executor(
-                    FILE_EXECUTOR, _unwritable, path, replaced)
+            for out in files:  # the history checks its own file as it opens it
+                problem = await run(FILE_EXECUTOR, _unwritable, out.path, out.replaced)
                 if problem:
-                    raise ValueError(f"cannot write {what} {path!r}: {problem}")
+                    raise ValueError(f"cannot write {out.what} {out.path!r}: {problem}")
+            # links and hard links can make two paths one file
+            await run(FILE_EXECUTOR, _check_distinct_files,
+                      files + _history_file(self._store_arg), _same_file)
         if scope.cancelled_caught:
             raise TimeoutError(
                 f"batch {self.batch_id!r}: its output paths could not be checked within "
@@ -1394,6 +1397,58 @@ def _events_in(items: Sequence[Any]) -> int:
 def _describe(exc: BaseException) -> str:
     """``Type: message``; an OSError's text names its file, which its repr leaves out."""
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class _Output(NamedTuple):
+    """A file the batch writes."""
+
+    path: str
+    what: str  # for messages: "summary_path", "the file of JsonlSink(...)"
+    replaced: bool  # written by replacing it (a temp file, then a rename), not in place
+
+
+def _output_files(summary_path: str | None, sinks: Sequence[Sink]) -> list[_Output]:
+    """The summary file and our file sinks' files."""
+    files = [] if summary_path is None else [_Output(summary_path, "summary_path", True)]
+    files += [_Output(s.path, f"the file of {s!r}", False)
+              for s in sinks if isinstance(s, _FileSink)]
+    return files
+
+
+def _history_file(store: Store | None) -> list[_Output]:
+    return [] if store is None else [_Output(store.path, f"the history of {store!r}", False)]
+
+
+def _same_path(a: _Output, b: _Output) -> bool:
+    return os.path.abspath(a.path) == os.path.abspath(b.path)
+
+
+def _same_file(a: _Output, b: _Output) -> bool:
+    """Whether two outputs would write one file (in a file thread: it stats them)."""
+    def target(out: _Output) -> str:
+        # a replaced file's link is itself replaced; a write in place follows links
+        if out.replaced:
+            return os.path.join(os.path.realpath(os.path.dirname(out.path)),
+                                os.path.basename(out.path))
+        return os.path.realpath(out.path)
+
+    ta, tb = target(a), target(b)
+    if ta == tb:
+        return True
+    try:
+        return os.path.samefile(ta, tb)  # hard links
+    except OSError:  # one does not exist yet
+        return False
+
+
+def _check_distinct_files(files: list[_Output],
+                          same: Callable[[_Output, _Output], bool]) -> None:
+    """Refuse two outputs on one file: each would overwrite the other's writes."""
+    for i, a in enumerate(files):
+        for b in files[:i]:
+            if same(b, a):
+                raise ValueError(f"{b.what} and {a.what} are the same file {a.path!r}: "
+                                 "each would overwrite the other")
 
 
 def _wall_offset() -> float:

@@ -118,7 +118,8 @@ class _FileSink:
     def __init__(self, path: str | os.PathLike[str], *, append: bool = False,
                  buffer_bytes: int = 1 << 20) -> None:
         buffer_bytes = check_count(buffer_bytes, "buffer_bytes")
-        self.path = check_path(path, "path")
+        # relative to the working directory of now, as logging.FileHandler does
+        self.path = os.path.abspath(check_path(path, "path"))
         self._append = check_bool(append, "append")
         self._limit = buffer_bytes
         self._buf: list[bytes] = []

@@ -515,7 +515,7 @@ class Store:
                             f"{type(flush_rows).__name__} {flush_rows!r}")
         if flush_rows < 1:
             raise ValueError(f"flush_rows must be an int >= 1, got {flush_rows!r}")
-        self.path = os.fspath(path)
+        self.path = os.path.abspath(path)  # relative to the working directory of now
         self.busy_timeout = seconds
         self.flush_rows = flush_rows
         self._runs: dict[int, _Run] = {}
