@@ -193,7 +193,10 @@ async def test_timed_decorator_records_each_call_like_track() -> None:
                 await anyio.lowlevel.checkpoint()
 
         await Decoder().decode(Path("shard") / "m.wfm")
+        await Decoder().decode(path=Path("by-name.wfm"))  # passed by name, not position
+        await process(path="kw.wfm")
     rows = {r["filename"]: r for r in m.get_file_metrics()}
+    assert rows["by-name.wfm"]["status"] == rows["kw.wfm"]["status"] == "success"
     assert rows[str(Path("shard") / "m.wfm")]["status"] == "success"
     assert rows["good.wfm"]["samples"] == 1234
     assert rows["good.wfm"]["duration_seconds"] >= 0.01

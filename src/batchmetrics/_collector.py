@@ -945,8 +945,9 @@ class BatchMetrics:
         """Decorate an async per-file function so each call is recorded as ``track()`` would.
 
         ``@metrics.timed`` or ``@metrics.timed(filename)``: the file name is
-        ``filename(*args, **kwargs)`` when given, else the first positional argument
-        (``str()`` of it; after ``self`` or ``cls`` for a method). The wrapped
+        ``filename(*args, **kwargs)`` when given, else the first parameter's argument,
+        passed by position or by name (``str()`` of it; after ``self`` or ``cls`` for a
+        method). The wrapped
         function may return an int, taken as its ``samples``.
         """
         if _is_async_function(filename):  # bare @metrics.timed
@@ -959,15 +960,16 @@ class BatchMetrics:
             if not callable(fn):  # bare @metrics.timed over a plain def took it as filename=
                 raise TypeError(f"@timed decorates an async function (async def), got "
                                 f"{type(fn).__name__} {fn!r}")
-            at = _file_argument(fn)
+            at, keyword = _file_argument(fn)
 
             @functools.wraps(fn)
             async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
                 if filename is not None:
                     name = filename(*args, **kwargs)
                 elif len(args) > at:
-                    given: object = args[at]
-                    name = os.fspath(given) if isinstance(given, os.PathLike) else str(given)
+                    name = _file_name(args[at])
+                elif keyword is not None and keyword in kwargs:
+                    name = _file_name(kwargs[keyword])
                 else:
                     what = getattr(fn, "__qualname__", fn)
                     raise TypeError(f"@timed {what}: no file name: pass the file as the "
@@ -1494,14 +1496,22 @@ def _unwritable(path: str, replaced: bool) -> str | None:
     return None if writable else "permission denied"
 
 
-def _file_argument(fn: Callable[..., Any]) -> int:
-    """Where ``@timed`` finds the file among the positional arguments: after ``self``
-    or ``cls`` (a method, decorated in its class body), else first."""
+def _file_name(given: object) -> str:
+    return os.fspath(given) if isinstance(given, os.PathLike) else str(given)
+
+
+def _file_argument(fn: Callable[..., Any]) -> tuple[int, str | None]:
+    """Where ``@timed`` finds the file: its position among the positional arguments,
+    after ``self`` or ``cls`` (a method, decorated in its class body), else first; and
+    the name to find it by when it is passed as a keyword (``None``: it cannot be)."""
     try:
-        params = list(inspect.signature(fn).parameters)
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # no signature to read
-        return 0
-    return 1 if params[:1] in (["self"], ["cls"]) else 0
+        return 0, None
+    at = 1 if params and params[0].name in ("self", "cls") else 0
+    if len(params) > at and params[at].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+        return at, params[at].name
+    return at, None
 
 
 def _is_async_function(obj: object) -> TypeGuard[Callable[..., Coroutine[Any, Any, Any]]]:
