@@ -567,6 +567,34 @@ async def test_a_failed_summary_file_is_not_hidden_by_a_failed_sink(tmp_path: Pa
 
 
 @pytest.mark.asyncio
+async def test_a_batch_that_is_starting_says_new_not_finishing(tmp_path: Path) -> None:
+    # while the start awaited (path checks, the history), the state said "finishing"
+    # and a record call was told the batch "is finishing"
+    m = BatchMetrics("starting", store=tmp_path / "h.db", summary_path=tmp_path / "s.json")
+    after_new: list[str] = []
+    refusals: set[str] = set()
+    watched = anyio.Event()
+
+    async def watch() -> None:
+        while (state := m.summary().state) == "new":
+            try:
+                await m.record_file("early.wfm", duration=0.1)
+            except RuntimeError as exc:
+                refusals.add(str(exc).split(": ", 1)[1])
+            await anyio.lowlevel.checkpoint()
+        after_new.append(state)
+        watched.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        await anyio.lowlevel.checkpoint()
+        async with m:
+            await watched.wait()
+    assert after_new == ["running"]
+    assert "it is still starting: record inside the `async with metrics:` block" in refusals
+
+
+@pytest.mark.asyncio
 async def test_a_snapshot_during_the_exit_waits_for_the_drain() -> None:
     # snapshot() called while the exit drains (or caught by the exit mid-send) returned
     # what was folded so far, not every call that had returned

@@ -223,6 +223,7 @@ class BatchMetrics:
         self._files: FileTable | None = FileTable() if keep_files else None
         self._window = RateWindow(rate_window)
         self._state = BatchState.NEW
+        self._entered = False
         self._outcome = "running"
         self._send: MemoryObjectSendStream[Any] | None = None
         # The open chunk: a list already on the stream that producers append to
@@ -262,12 +263,12 @@ class BatchMetrics:
         return self._state
 
     async def __aenter__(self) -> Self:
-        if self._state is not BatchState.NEW:
+        if self._entered:
             raise RuntimeError(
                 f"batch {self.batch_id!r} was already entered; a BatchMetrics runs once, "
                 "create a new one"
             )
-        self._state = BatchState.FINISHING  # until fully started: refuse a second enter
+        self._entered = True  # the state stays NEW until the start is done
         send, recv = anyio.create_memory_object_stream[Any](
             max(1, self._buffer_size // _CHUNK))
         self._recv = recv
@@ -451,9 +452,9 @@ class BatchMetrics:
                 problem = await run(FILE_EXECUTOR, _unwritable, out.path, out.replaced)
                 if problem:
                     raise ValueError(f"cannot write {out.what} {out.path!r}: {problem}")
-            # links and hard links can make two paths one file
-            await run(FILE_EXECUTOR, _check_distinct_files,
-                      files + _history_file(self._store_arg), _same_file)
+            files += _history_file(self._store_arg)
+            if len(files) > 1:  # links and hard links can make two paths one file
+                await run(FILE_EXECUTOR, _check_distinct_files, files, _same_file)
         if scope.cancelled_caught:
             raise TimeoutError(
                 f"batch {self.batch_id!r}: its output paths could not be checked within "
@@ -753,8 +754,10 @@ class BatchMetrics:
     # -- recording ----------------------------------------------------------------------
 
     def _not_running(self) -> RuntimeError:
-        if self._state is BatchState.NEW:
+        if not self._entered:
             why = "it has not started: enter `async with metrics:` first"
+        elif self._state is BatchState.NEW:
+            why = "it is still starting: record inside the `async with metrics:` block"
         elif self._start_error is not None:
             why = f"it failed to start: {self._start_error!r}"
         elif self._consumer_error is not None:
