@@ -214,13 +214,41 @@ def test_files_ranks_the_slowest_and_prints_json_lines(
     assert len(limited.stdout.splitlines()) == 2 + 5
 
 
-def test_files_of_a_run_without_stored_rows_says_so(
+def test_files_of_a_run_without_stored_rows_is_an_error_saying_how_to_keep_them(
         history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    # it exited 0 with nothing on stdout: a script took it for "no such files"
     db, _ = history
-    result = cli("files", "adhoc-failed", db=db)
-    assert result.returncode == 0
-    assert result.stdout == ""
-    assert "store_files=True" in result.stderr
+    for options in ([], ["--status", "error"], ["--json"], ["--slowest", "3"]):
+        result = cli("files", "adhoc-failed", *options, db=db)
+        assert result.returncode == 2, options
+        assert result.stdout == "", options
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("batchmetrics: batch 'adhoc-failed' kept no per-file rows"), line
+        assert "store_files=True" in line
+
+
+def test_files_matching_none_of_the_stored_rows_is_an_empty_answer(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("clean", store=db, store_files=True) as m:
+            for i in range(5):
+                await m.record_file(f"f{i}.wfm", duration=0.01)
+        async with BatchMetrics("no-files", store=db, store_files=True):
+            pass
+
+    anyio.run(build)
+    for args in (["clean", "--status", "error"], ["clean", "--status", "error", "--json"],
+                 ["no-files"], ["no-files", "--json"]):
+        result = cli("files", *args, db=db)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stderr == "", args
+        if "--json" in args:
+            assert result.stdout == ""
+        else:
+            assert result.stdout.splitlines()[0].split() == ["FILE", "STATUS", "DURATION",
+                                                             "SAMPLES", "BYTES", "ERROR"]
+            assert len(result.stdout.splitlines()) == 2  # the header and its rule
 
 
 # -- compare --------------------------------------------------------------------------------------

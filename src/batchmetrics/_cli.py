@@ -5,8 +5,9 @@ a command is short, synchronous work with nothing to overlap, so an event loop
 and a database thread would only add start-up time. Only ``demo`` runs async code.
 
 Exit codes: 0 done; 1 a regression (``compare --fail-on-regression``) or a
-watched run that did not finish well; 2 bad input (unknown batch, missing or
-damaged file); 130 interrupted by Ctrl-C.
+watched run that did not finish well; 2 bad input (unknown batch, ``files`` of a
+run recorded without per-file rows, missing or damaged file); 130 interrupted by
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -377,9 +378,11 @@ def cmd_files(args: argparse.Namespace) -> int:
     with open_history(args) as history:
         run = get_run(history, args.batch_id)
         if not run.store_files:
-            print(f"batch {run.batch_id!r} stored no per-file rows (record it with "
-                  "BatchMetrics(..., store=..., store_files=True))", file=sys.stderr)
-            return 0
+            # not an empty answer: the run was recorded without its rows (its store_files
+            # column says so), whatever --status asks; a script must not take it for "none"
+            raise CliError(f"batch {run.batch_id!r} kept no per-file rows: it was recorded "
+                           "without store_files=True (BatchMetrics(..., store=..., "
+                           "store_files=True) keeps them)")
         records: Iterable[FileRecord]
         if args.slowest is not None:
             records = history.slowest(run.batch_id, args.slowest, status=args.status)
@@ -739,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("files", parents=[common], help="the stored per-file rows of a run",
                        description="The per-file rows of a run recorded with "
-                                   "store_files=True, in the order they were recorded.")
+                                   "store_files=True, in the order they were recorded. "
+                                   "Exits 2 for a run recorded without them.")
     p.add_argument("batch_id")
     p.add_argument("--status", choices=list(STATUS_NAMES), help="only files with this status")
     p.add_argument("--slowest", type=_row_count, metavar="N",
