@@ -27,6 +27,7 @@ import secrets
 import stat
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -142,6 +143,29 @@ def _escape(c: str) -> str:
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
+def display_width(text: str) -> int:
+    """The columns ``text`` takes on a terminal: 2 a wide or fullwidth (East Asian)
+    character, 0 a combining or zero-width one, 1 any other.
+
+    Give it the text as printed (after ``one_line``): an escaped character counts as
+    its escape.
+    """
+    if text.isascii():
+        return len(text)
+    width = 0
+    for c in text:
+        if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+    return width
+
+
+def _pad(text: str, width: int, right: bool = False) -> str:
+    """``text`` padded with spaces to ``width`` columns (``display_width``)."""
+    gap = " " * (width - display_width(text))
+    return gap + text if right else text + gap
+
+
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
                 right: Iterable[int] = (), out: TextIO | None = None) -> None:
     """Aligned columns; ``right`` are the indexes of right-aligned (numeric) columns.
@@ -169,10 +193,13 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
         Console(file=out, highlight=False).print(table)
         return
     headers = [one_line(h) for h in headers]
-    widths = [max([len(h), *(len(r[i]) for r in first)]) for i, h in enumerate(headers)]
+    # by the columns a cell takes, not its len(): a wide (CJK) or combining character
+    # would shift the columns after it
+    widths = [max([display_width(h), *(display_width(r[i]) for r in first)])
+              for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+        return "  ".join(_pad(c, w, i in right)
                          for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     print(line(headers), file=out)
