@@ -926,3 +926,22 @@ def test_plain_tables_right_align_under_a_wide_header(tmp_path: Path) -> None:
     for line in lines[2:]:
         cells = [m.end() for m in re.finditer(r"\S+(?: \S+)*", line)]
         assert cells[1:3] == [a_ends, b_ends], line
+
+
+def test_stats_sections_align_wide_names_by_their_columns(tmp_path: Path) -> None:
+    # the slowest files' names were padded by len() too
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("wide", store=db) as m:
+            for i, name in enumerate(_WIDE_NAMES):
+                await m.record_file(name, duration=0.5 - 0.01 * i)
+
+    anyio.run(build)
+    result = cli("stats", "wide", db=db)
+    assert result.returncode == 0, result.stderr
+    lines = _as_shown(result.stdout, dict(_WIDE_NAMES.values()))
+    slowest = lines[lines.index("Slowest files") + 1:]
+    assert len(slowest) == 5
+    # the widest name shown takes 12 columns
+    assert [line.index(" ms ") for line in slowest] == [2 + 12 + 2 + len("500.0")] * 5, slowest

@@ -213,9 +213,9 @@ def print_pairs(title: str, pairs: Sequence[tuple[str, str]], out: TextIO | None
     out = out or sys.stdout
     print(one_line(title), file=out)
     pairs = [(one_line(key), one_line(value)) for key, value in pairs]
-    width = max([11, *(len(k) for k, _ in pairs)])  # the same column in every section
+    width = max([11, *(display_width(k) for k, _ in pairs)])  # the same in every section
     for key, value in pairs:
-        print(f"  {key.ljust(width)}  {value}", file=out)
+        print(f"  {_pad(key, width)}  {value}", file=out)
 
 
 # -- the history --------------------------------------------------------------------------------
