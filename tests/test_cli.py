@@ -214,13 +214,41 @@ def test_files_ranks_the_slowest_and_prints_json_lines(
     assert len(limited.stdout.splitlines()) == 2 + 5
 
 
-def test_files_of_a_run_without_stored_rows_says_so(
+def test_files_of_a_run_without_stored_rows_is_an_error_saying_how_to_keep_them(
         history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    # it exited 0 with nothing on stdout: a script took it for "no such files"
     db, _ = history
-    result = cli("files", "adhoc-failed", db=db)
-    assert result.returncode == 0
-    assert result.stdout == ""
-    assert "store_files=True" in result.stderr
+    for options in ([], ["--status", "error"], ["--json"], ["--slowest", "3"]):
+        result = cli("files", "adhoc-failed", *options, db=db)
+        assert result.returncode == 2, options
+        assert result.stdout == "", options
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("batchmetrics: batch 'adhoc-failed' kept no per-file rows"), line
+        assert "store_files=True" in line
+
+
+def test_files_matching_none_of_the_stored_rows_is_an_empty_answer(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("clean", store=db, store_files=True) as m:
+            for i in range(5):
+                await m.record_file(f"f{i}.wfm", duration=0.01)
+        async with BatchMetrics("no-files", store=db, store_files=True):
+            pass
+
+    anyio.run(build)
+    for args in (["clean", "--status", "error"], ["clean", "--status", "error", "--json"],
+                 ["no-files"], ["no-files", "--json"]):
+        result = cli("files", *args, db=db)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stderr == "", args
+        if "--json" in args:
+            assert result.stdout == ""
+        else:
+            assert result.stdout.splitlines()[0].split() == ["FILE", "STATUS", "DURATION",
+                                                             "SAMPLES", "BYTES", "ERROR"]
+            assert len(result.stdout.splitlines()) == 2  # the header and its rule
 
 
 # -- compare --------------------------------------------------------------------------------------
@@ -829,3 +857,91 @@ def test_batch_ids_are_shown_on_one_line(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert r"x\nstatus     finished\x1b[2J" in result.stdout
         assert "\x1b" not in result.stdout
+
+
+#: Names as the plain table prints them, and the terminal columns each takes (by hand:
+#: a CJK or fullwidth character takes 2, a combining accent 0; an escape its length).
+_WIDE_NAMES = {
+    "plain.wfm": ("plain.wfm", 9),
+    "データ.wfm": ("データ.wfm", 10),
+    "\uff46\uff55\uff4c\uff4c.wfm": ("\uff46\uff55\uff4c\uff4c.wfm", 12),  # fullwidth "full"
+    "cafe\u0301.wfm": ("cafe\u0301.wfm", 8),
+    "\U0001f600.wfm": ("\U0001f600.wfm", 6),
+    "a\u200bb.wfm": (r"a\u200bb.wfm", 12),  # escaped: its width is the escape's
+}
+
+
+def _as_shown(text: str, shown: dict[str, int]) -> list[str]:
+    """``text``'s lines with each of ``shown`` replaced by as many ``#`` as the columns it
+    takes: a string index is then a column on the terminal."""
+    lines = []
+    for line in text.splitlines():
+        for s, width in sorted(shown.items(), key=lambda kv: -len(kv[0])):
+            line = line.replace(s, "#" * width)
+        assert line.isascii(), line
+        lines.append(line)
+    return lines
+
+
+def test_plain_tables_align_wide_and_combining_characters_by_their_columns(
+        tmp_path: Path) -> None:
+    # columns were padded by len(): a CJK name pushed the rest of its row to the right
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("wide", store=db, store_files=True) as m:
+            for name in _WIDE_NAMES:
+                await m.record_file(name, duration=0.25, samples=7)
+
+    anyio.run(build)
+    result = cli("files", "wide", db=db)  # a pipe: plain text, not rich
+    assert result.returncode == 0, result.stderr
+    lines = _as_shown(result.stdout, dict(_WIDE_NAMES.values()))
+    assert lines[0].startswith("FILE" + " " * 8 + "  STATUS")  # widest name: 12 columns
+    status_at = lines[0].index("STATUS")
+    duration_ends = lines[0].index("DURATION") + len("DURATION")
+    assert len(lines) == 2 + len(_WIDE_NAMES)
+    for line in lines[2:]:
+        assert line[status_at:].startswith("success  "), line
+        assert line[:duration_ends].endswith("250.0 ms"), line
+
+
+def test_plain_tables_right_align_under_a_wide_header(tmp_path: Path) -> None:
+    # compare's batch ids head right-aligned columns
+    db = tmp_path / "h.db"
+    ids = {"夜間-001": 8, "\uff4e\uff49\uff47\uff48\uff54\uff4c\uff59": 14}  # "nightly", fullwidth
+
+    async def build() -> None:
+        for batch_id in ids:
+            async with BatchMetrics(batch_id, store=db) as m:
+                for i in range(10):
+                    await m.record_file(f"f{i}", duration=0.01 * (i + 1))
+
+    anyio.run(build)
+    result = cli("compare", *ids, db=db)
+    assert result.returncode == 0, result.stderr
+    lines = _as_shown(result.stdout, ids)
+    a_ends = lines[0].index("#" * 8) + 8
+    b_ends = lines[0].index("#" * 14) + 14
+    for line in lines[2:]:
+        cells = [m.end() for m in re.finditer(r"\S+(?: \S+)*", line)]
+        assert cells[1:3] == [a_ends, b_ends], line
+
+
+def test_stats_sections_align_wide_names_by_their_columns(tmp_path: Path) -> None:
+    # the slowest files' names were padded by len() too
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("wide", store=db) as m:
+            for i, name in enumerate(_WIDE_NAMES):
+                await m.record_file(name, duration=0.5 - 0.01 * i)
+
+    anyio.run(build)
+    result = cli("stats", "wide", db=db)
+    assert result.returncode == 0, result.stderr
+    lines = _as_shown(result.stdout, dict(_WIDE_NAMES.values()))
+    slowest = lines[lines.index("Slowest files") + 1:]
+    assert len(slowest) == 5
+    # the widest name shown takes 12 columns
+    assert [line.index(" ms ") for line in slowest] == [2 + 12 + 2 + len("500.0")] * 5, slowest

@@ -5,8 +5,9 @@ a command is short, synchronous work with nothing to overlap, so an event loop
 and a database thread would only add start-up time. Only ``demo`` runs async code.
 
 Exit codes: 0 done; 1 a regression (``compare --fail-on-regression``) or a
-watched run that did not finish well; 2 bad input (unknown batch, missing or
-damaged file); 130 interrupted by Ctrl-C.
+watched run that did not finish well; 2 bad input (unknown batch, ``files`` of a
+run recorded without per-file rows, missing or damaged file); 130 interrupted by
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import secrets
 import stat
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -141,6 +143,29 @@ def _escape(c: str) -> str:
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
+def display_width(text: str) -> int:
+    """The columns ``text`` takes on a terminal: 2 a wide or fullwidth (East Asian)
+    character, 0 a combining or zero-width one, 1 any other.
+
+    Give it the text as printed (after ``one_line``): an escaped character counts as
+    its escape.
+    """
+    if text.isascii():
+        return len(text)
+    width = 0
+    for c in text:
+        if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+    return width
+
+
+def _pad(text: str, width: int, right: bool = False) -> str:
+    """``text`` padded with spaces to ``width`` columns (``display_width``)."""
+    gap = " " * (width - display_width(text))
+    return gap + text if right else text + gap
+
+
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
                 right: Iterable[int] = (), out: TextIO | None = None) -> None:
     """Aligned columns; ``right`` are the indexes of right-aligned (numeric) columns.
@@ -168,10 +193,13 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
         Console(file=out, highlight=False).print(table)
         return
     headers = [one_line(h) for h in headers]
-    widths = [max([len(h), *(len(r[i]) for r in first)]) for i, h in enumerate(headers)]
+    # by the columns a cell takes, not its len(): a wide (CJK) or combining character
+    # would shift the columns after it
+    widths = [max([display_width(h), *(display_width(r[i]) for r in first)])
+              for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+        return "  ".join(_pad(c, w, i in right)
                          for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     print(line(headers), file=out)
@@ -185,9 +213,9 @@ def print_pairs(title: str, pairs: Sequence[tuple[str, str]], out: TextIO | None
     out = out or sys.stdout
     print(one_line(title), file=out)
     pairs = [(one_line(key), one_line(value)) for key, value in pairs]
-    width = max([11, *(len(k) for k, _ in pairs)])  # the same column in every section
+    width = max([11, *(display_width(k) for k, _ in pairs)])  # the same in every section
     for key, value in pairs:
-        print(f"  {key.ljust(width)}  {value}", file=out)
+        print(f"  {_pad(key, width)}  {value}", file=out)
 
 
 # -- the history --------------------------------------------------------------------------------
@@ -377,9 +405,11 @@ def cmd_files(args: argparse.Namespace) -> int:
     with open_history(args) as history:
         run = get_run(history, args.batch_id)
         if not run.store_files:
-            print(f"batch {run.batch_id!r} stored no per-file rows (record it with "
-                  "BatchMetrics(..., store=..., store_files=True))", file=sys.stderr)
-            return 0
+            # not an empty answer: the run was recorded without its rows (its store_files
+            # column says so), whatever --status asks; a script must not take it for "none"
+            raise CliError(f"batch {run.batch_id!r} kept no per-file rows: it was recorded "
+                           "without store_files=True (BatchMetrics(..., store=..., "
+                           "store_files=True) keeps them)")
         records: Iterable[FileRecord]
         if args.slowest is not None:
             records = history.slowest(run.batch_id, args.slowest, status=args.status)
@@ -739,7 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("files", parents=[common], help="the stored per-file rows of a run",
                        description="The per-file rows of a run recorded with "
-                                   "store_files=True, in the order they were recorded.")
+                                   "store_files=True, in the order they were recorded. "
+                                   "Exits 2 for a run recorded without them.")
     p.add_argument("batch_id")
     p.add_argument("--status", choices=list(STATUS_NAMES), help="only files with this status")
     p.add_argument("--slowest", type=_row_count, metavar="N",
