@@ -868,6 +868,9 @@ _WIDE_NAMES = {
     "cafe\u0301.wfm": ("cafe\u0301.wfm", 8),
     "\U0001f600.wfm": ("\U0001f600.wfm", 6),
     "a\u200bb.wfm": (r"a\u200bb.wfm", 12),  # escaped: its width is the escape's
+    "\u1112\u1161\u11ab.wfm": ("\u1112\u1161\u11ab.wfm", 6),  # Korean, decomposed (macOS)
+    "\u2764\ufe0f.wfm": ("\u2764\ufe0f.wfm", 6),  # emoji presentation selector
+    "\U0001f44d\U0001f3fd.wfm": ("\U0001f44d\U0001f3fd.wfm", 6),  # skin tone modifier
 }
 
 
@@ -945,3 +948,27 @@ def test_stats_sections_align_wide_names_by_their_columns(tmp_path: Path) -> Non
     assert len(slowest) == 5
     # the widest name shown takes 12 columns
     assert [line.index(" ms ") for line in slowest] == [2 + 12 + 2 + len("500.0")] * 5, slowest
+
+
+@pytest.mark.asyncio
+async def test_stats_of_a_running_batch_measures_time_on_the_batchs_own_clock(
+        tmp_path: Path) -> None:
+    # the run's time used the system time of its last checkpoint, and the batch's
+    # stamps do not follow a step of the system clock: the wall time and rates were
+    # off by the step (here the clock is a test's, 10 years behind the system's)
+    from .clock import FakeClock
+
+    db = tmp_path / "history.db"
+    clock = FakeClock(1.5e9)
+    async with BatchMetrics("running", store=db, clock=clock, interval=0.05) as m:
+        for i in range(20):
+            clock.advance(0.5)
+            await m.record_file(f"f{i}.wfm", duration=0.4)
+        await m.snapshot()
+        await anyio.sleep(0.3)  # checkpoints taken
+        result = await anyio.to_thread.run_sync(lambda: cli("stats", "running", db=db))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"status\s+running \(last checkpoint 2017-07-1[34] \d\d:\d\d:\d\d\)",
+                     result.stdout), result.stdout
+    assert re.search(r"wall time\s+10(\.0+)? s\n", result.stdout), result.stdout
+    assert re.search(r"files/s\s+2\.0+\n", result.stdout), result.stdout

@@ -27,10 +27,11 @@ import secrets
 import stat
 import sys
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
+
+from wcwidth import wcswidth
 
 from ._aggregate import merge_states
 from ._events import STATUS_NAMES, FileRecord, is_finite_number
@@ -144,20 +145,16 @@ def _escape(c: str) -> str:
 
 
 def display_width(text: str) -> int:
-    """The columns ``text`` takes on a terminal: 2 a wide or fullwidth (East Asian)
-    character, 0 a combining or zero-width one, 1 any other.
+    """The columns ``text`` takes on a terminal (``wcwidth``: wide characters take 2,
+    combining ones 0, emoji sequences as terminals show them).
 
     Give it the text as printed (after ``one_line``): an escaped character counts as
     its escape.
     """
     if text.isascii():
         return len(text)
-    width = 0
-    for c in text:
-        if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf"):
-            continue
-        width += 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
-    return width
+    width = wcswidth(text)
+    return width if width >= 0 else len(text)  # -1: a control character (escaped before)
 
 
 def _pad(text: str, width: int, right: bool = False) -> str:
@@ -261,8 +258,17 @@ def run_summary(run: StoredRun) -> BatchMetricsSummary:
     except (TypeError, ValueError) as exc:
         raise CliError(f"batch {run.batch_id!r} has a state this batchmetrics cannot read: "
                        f"{exc}") from None
-    now = run.updated_at if run.stored_status == "running" else None
+    now = checkpoint_time(run) if run.stored_status == "running" else None
     return agg.to_summary(run.batch_id, now=now, state=run.status)
+
+
+def checkpoint_time(run: StoredRun) -> float:
+    """When a run's last checkpoint was taken, on the run's own clock: its stamps do
+    not follow a step of the system clock, which ``updated_at`` (system time) does."""
+    if run.started_at is None:
+        return run.updated_at
+    duration: float = run.summary["timing"]["total_duration_seconds"]  # checked when read
+    return run.started_at + duration
 
 
 # -- stats ----------------------------------------------------------------------------------------
@@ -280,9 +286,9 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
     total = s.total_files
     status = run.status
     if run.status == "running":
-        status += f" (last checkpoint {fmt_time(run.updated_at)})"
+        status += f" (last checkpoint {fmt_time(checkpoint_time(run))})"
     elif run.status == "interrupted":
-        status += (f" (its process stopped writing at {fmt_time(run.updated_at)}; "
+        status += (f" (its process stopped writing at {fmt_time(checkpoint_time(run))}; "
                    "counts are from that checkpoint)")
     head: list[tuple[str, str]] = [
         ("status", status),
