@@ -195,8 +195,20 @@ async def test_timed_decorator_records_each_call_like_track() -> None:
         await Decoder().decode(Path("shard") / "m.wfm")
         await Decoder().decode(path=Path("by-name.wfm"))  # passed by name, not position
         await process(path="kw.wfm")
+
+        @m.timed
+        async def keyword_only(*, path: str) -> None:
+            await anyio.lowlevel.checkpoint()
+
+        @m.timed
+        async def with_default(path: str = "default.wfm") -> None:
+            await anyio.lowlevel.checkpoint()
+
+        await keyword_only(path="kw-only.wfm")
+        await with_default()
     rows = {r["filename"]: r for r in m.get_file_metrics()}
     assert rows["by-name.wfm"]["status"] == rows["kw.wfm"]["status"] == "success"
+    assert rows["kw-only.wfm"]["status"] == rows["default.wfm"]["status"] == "success"
     assert rows[str(Path("shard") / "m.wfm")]["status"] == "success"
     assert rows["good.wfm"]["samples"] == 1234
     assert rows["good.wfm"]["duration_seconds"] >= 0.01

@@ -15,7 +15,7 @@ import anyio.to_thread
 import numpy as np
 import pytest
 
-from batchmetrics import BatchMetrics, CsvSink, JsonlSink
+from batchmetrics import BatchMetrics, CsvSink, History, JsonlSink
 
 
 class _Case:
@@ -327,6 +327,28 @@ async def test_an_export_path_with_a_nul_is_refused_naming_the_path(tmp_path: Pa
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["numpy", "int"])
+async def test_a_clock_of_numpy_floats_or_ints_gives_plain_float_stamps(
+        tmp_path: Path, kind: str) -> None:
+    # numpy stamps broke the JSONL sink's encoder and the history's checkpoints
+    t = [1_700_000_000]
+    clock = (lambda: np.float64(t[0])) if kind == "numpy" else (lambda: t[0])
+    log, db = tmp_path / "files.jsonl", tmp_path / "h.db"
+    async with BatchMetrics("np-clock", clock=clock, sinks=[JsonlSink(log)], store=db,
+                            store_files=True, keep_files=True) as m:
+        for i in range(3):
+            t[0] += 2
+            await m.record_file(f"f{i}.wfm", duration=1.0)
+    assert [json.loads(line)["end_ts"] for line in log.read_text().splitlines()] == [
+        1_700_000_002.0, 1_700_000_004.0, 1_700_000_006.0]
+    assert m.summary().timing.total_duration == 6.0
+    with History(db) as history:
+        run = history.get("np-clock")
+        assert run is not None
+        assert run.summary["total_files"] == 3
+
+
+@pytest.mark.asyncio
 async def test_numpy_counts_in_the_constructor_give_plain_json(tmp_path: Path) -> None:
     # numpy ints pass the count check; kept as they were, they broke every JSON output
     m = BatchMetrics("np", total_files=np.int64(5), slowest=np.int64(3),  # type: ignore[arg-type]
@@ -400,8 +422,32 @@ def test_two_outputs_on_one_path_are_refused_naming_both(tmp_path: Path,
         "summary_path": {"sinks": [CsvSink(path)], "summary_path": path},
         "store": {"sinks": [CsvSink(path)], "store": path},
     }
-    with pytest.raises(ValueError, match=r"and .* are the same file .*out\.jsonl"):
+    with pytest.raises(ValueError, match=r"and .* would write one file \('.*/out\.jsonl' "
+                                         r"and '.*/out\.jsonl'\)"):
         BatchMetrics(**cases[other])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("log_exists", [False, True])
+async def test_outputs_that_share_no_file_are_allowed(tmp_path: Path, log_exists: bool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # refused by the checks that two outputs write one file
+    log = tmp_path / "log.jsonl"
+    if log_exists:
+        log.write_text("", encoding="utf-8")
+    latest = tmp_path / "latest.json"
+    latest.symlink_to(log)  # the summary replaces the link; it never writes the log
+    (tmp_path / "data" / "run1").mkdir(parents=True)
+    (tmp_path / "current").symlink_to(tmp_path / "data" / "run1")
+    monkeypatch.chdir(tmp_path)
+    up = JsonlSink(os.path.join("current", "..", "up.jsonl"))  # .. from where the link leads
+    sinks = [JsonlSink(log, append=True), JsonlSink(os.devnull), CsvSink(os.devnull), up]
+    async with BatchMetrics(sinks=sinks, summary_path=latest) as m:
+        await m.record_file("a.wfm", duration=0.1)
+    assert len(log.read_text(encoding="utf-8").splitlines()) == 1
+    assert json.loads(latest.read_text(encoding="utf-8"))["total_files"] == 1
+    assert (tmp_path / "data" / "up.jsonl").exists()  # where open() puts it
+    assert not (tmp_path / "up.jsonl").exists()
 
 
 @pytest.mark.asyncio
@@ -416,7 +462,7 @@ async def test_two_sinks_on_one_file_through_a_link_fail_the_start(
     else:
         os.link(log, alias)
     m = BatchMetrics(sinks=[JsonlSink(log), CsvSink(alias)])
-    with pytest.raises(ValueError, match="are the same file"):
+    with pytest.raises(ValueError, match="would write one file"):
         async with m:
             raise AssertionError("the body must not run")  # pragma: no cover
     assert log.read_text(encoding="utf-8") == '{"kept": true}\n'

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import stat
+import sys
 import threading
 import time
 import uuid
@@ -55,6 +56,7 @@ from ._events import (
     Columns,
     Event,
     FileRecord,
+    absolute,
     check_bool,
     check_count,
     check_duration,
@@ -174,8 +176,8 @@ class BatchMetrics:
         check_bool(keep_files, "keep_files")
         check_bool(store_files, "store_files")
         check_bool(display, "display")
-        if summary_path is not None:  # relative to the working directory of now
-            summary_path = os.path.abspath(check_path(summary_path, "summary_path"))
+        if summary_path is not None:
+            summary_path = absolute(check_path(summary_path, "summary_path"))
         if store is not None:
             from ._store import Store  # aiosqlite is imported only when a store is used
 
@@ -281,7 +283,10 @@ class BatchMetrics:
         try:
             if self._steady:
                 self._clock_offset = _wall_offset()
-            self._agg.start_ts = _check_clock(self._clock(), self._clock_offset)
+            first = self._clock()
+            self._agg.start_ts = _check_clock(first, self._clock_offset)
+            if first.__class__ is not float:  # an int or numpy clock: stamps are plain floats
+                self._clock = functools.partial(_float_reading, self._clock)
             self._window.begin(self._agg.start_ts)
             await self._check_outputs()
             if self._store_arg is not None:
@@ -963,7 +968,7 @@ class BatchMetrics:
             if not callable(fn):  # bare @metrics.timed over a plain def took it as filename=
                 raise TypeError(f"@timed decorates an async function (async def), got "
                                 f"{type(fn).__name__} {fn!r}")
-            at, keyword = _file_argument(fn)
+            at, keyword, default = _file_argument(fn)
 
             @functools.wraps(fn)
             async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -973,6 +978,8 @@ class BatchMetrics:
                     name = _file_name(args[at])
                 elif keyword is not None and keyword in kwargs:
                     name = _file_name(kwargs[keyword])
+                elif default is not inspect.Parameter.empty:
+                    name = _file_name(default)
                 else:
                     what = getattr(fn, "__qualname__", fn)
                     raise TypeError(f"@timed {what}: no file name: pass the file as the "
@@ -1425,11 +1432,20 @@ def _history_file(store: Store | None) -> list[_Output]:
 
 
 def _same_path(a: _Output, b: _Output) -> bool:
-    return os.path.abspath(a.path) == os.path.abspath(b.path)
+    """Whether two outputs name one file by their text (a device, such as
+    ``/dev/null``, takes any number of writers)."""
+    return _lexical(a.path) == _lexical(b.path) and not _is_device(a.path)
+
+
+def _lexical(path: str) -> str:
+    """``path`` without ``.`` parts and doubled slashes; ``..`` is left alone, as it
+    goes up from where a link leads, not from the link's folder."""
+    return path if ".." in path.split(os.sep) else os.path.normpath(path)
 
 
 def _same_file(a: _Output, b: _Output) -> bool:
-    """Whether two outputs would write one file (in a file thread: it stats them)."""
+    """Whether two outputs would write one file, through links too (in a file
+    thread: it stats them)."""
     def target(out: _Output) -> str:
         # a replaced file's link is itself replaced; a write in place follows links
         if out.replaced:
@@ -1438,11 +1454,21 @@ def _same_file(a: _Output, b: _Output) -> bool:
         return os.path.realpath(out.path)
 
     ta, tb = target(a), target(b)
-    if ta == tb:
-        return True
+    if a.replaced or b.replaced:  # a rename writes the name, not the file behind it
+        return ta == tb
+    if _is_device(ta):
+        return False
     try:
-        return os.path.samefile(ta, tb)  # hard links
+        return ta == tb or os.path.samefile(ta, tb)  # hard links
     except OSError:  # one does not exist yet
+        return False
+
+
+def _is_device(path: str) -> bool:
+    """An existing file that is not a regular one (``/dev/null``, a FIFO, a terminal)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
         return False
 
 
@@ -1452,8 +1478,12 @@ def _check_distinct_files(files: list[_Output],
     for i, a in enumerate(files):
         for b in files[:i]:
             if same(b, a):
-                raise ValueError(f"{b.what} and {a.what} are the same file {a.path!r}: "
-                                 "each would overwrite the other")
+                raise ValueError(f"{b.what} and {a.what} would write one file ({b.path!r} "
+                                 f"and {a.path!r}): each would overwrite the other")
+
+
+def _float_reading(clock: Callable[[], float]) -> float:
+    return float(clock())
 
 
 def _wall_offset() -> float:
@@ -1503,18 +1533,23 @@ def _file_name(given: object) -> str:
     return os.fspath(given) if isinstance(given, os.PathLike) else str(given)
 
 
-def _file_argument(fn: Callable[..., Any]) -> tuple[int, str | None]:
-    """Where ``@timed`` finds the file: its position among the positional arguments,
-    after ``self`` or ``cls`` (a method, decorated in its class body), else first; and
-    the name to find it by when it is passed as a keyword (``None``: it cannot be)."""
+def _file_argument(fn: Callable[..., Any]) -> tuple[int, str | None, object]:
+    """Where ``@timed`` finds the file, its first parameter (after ``self`` or ``cls``: a
+    method, decorated in its class body): its position among the positional arguments,
+    its name when it may be passed as a keyword (else ``None``), and its default (else
+    ``Parameter.empty``). The position is past any there can be for a keyword-only one."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # no signature to read
-        return 0, None
+        return 0, None, inspect.Parameter.empty
     at = 1 if params and params[0].name in ("self", "cls") else 0
-    if len(params) > at and params[at].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
-        return at, params[at].name
-    return at, None
+    if len(params) <= at or params[at].kind is inspect.Parameter.VAR_KEYWORD:
+        return at, None, inspect.Parameter.empty
+    first = params[at]
+    if first.kind is inspect.Parameter.KEYWORD_ONLY:
+        return sys.maxsize, first.name, first.default
+    keyword = first.name if first.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else None
+    return at, keyword, first.default
 
 
 def _is_async_function(obj: object) -> TypeGuard[Callable[..., Coroutine[Any, Any, Any]]]:

@@ -110,6 +110,12 @@ def check_path(value: object, field: str) -> str:
     return path
 
 
+def absolute(path: str) -> str:
+    """``path`` made absolute against the working directory of now (as
+    ``logging.FileHandler`` does), with ``..`` left for the OS to follow through links."""
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
 def check_optional_count(value: object, field: str) -> int | None:
     """``None``, or a count as ``check_count`` takes it."""
     return None if value is None else check_count(value, field)

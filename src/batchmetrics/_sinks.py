@@ -21,7 +21,7 @@ import aiofiles.os
 import anyio
 
 from ._blocking import FILE_EXECUTOR
-from ._events import Event, FileRecord, check_bool, check_count, check_path
+from ._events import Event, FileRecord, absolute, check_bool, check_count, check_path
 from ._render import TEXT_ERRORS, csv_header, csv_rows, jsonl_bytes, log_lines
 
 
@@ -118,8 +118,7 @@ class _FileSink:
     def __init__(self, path: str | os.PathLike[str], *, append: bool = False,
                  buffer_bytes: int = 1 << 20) -> None:
         buffer_bytes = check_count(buffer_bytes, "buffer_bytes")
-        # relative to the working directory of now, as logging.FileHandler does
-        self.path = os.path.abspath(check_path(path, "path"))
+        self.path = absolute(check_path(path, "path"))
         self._append = check_bool(append, "append")
         self._limit = buffer_bytes
         self._buf: list[bytes] = []

@@ -52,6 +52,7 @@ from ._events import (
     Columns,
     Event,
     FileRecord,
+    absolute,
     check_path,
 )
 from ._summary import BatchMetricsSummary
@@ -515,7 +516,7 @@ class Store:
                             f"{type(flush_rows).__name__} {flush_rows!r}")
         if flush_rows < 1:
             raise ValueError(f"flush_rows must be an int >= 1, got {flush_rows!r}")
-        self.path = os.path.abspath(path)  # relative to the working directory of now
+        self.path = absolute(path)
         self.busy_timeout = seconds
         self.flush_rows = flush_rows
         self._runs: dict[int, _Run] = {}
