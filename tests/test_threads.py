@@ -348,3 +348,47 @@ async def test_awaiting_record_file_on_another_threads_event_loop_is_refused() -
     assert m.summary().state == "finished"
     # no chunk was open, so its first call was refused: only the batch's own file counts
     assert m.summary().total_files == 1
+
+
+@pytest.mark.asyncio
+async def test_a_block_that_raises_after_the_batch_ended_keeps_its_own_exception() -> None:
+    # the block's ValueError was replaced by "cannot record into batch": an
+    # `except ValueError` around it no longer caught it
+    m = BatchMetrics("ended")
+    inside, ended = anyio.Event(), threading.Event()
+    caught: dict[str, BaseException] = {}
+
+    async def worker() -> None:
+        try:
+            async with m.track("async.wfm"):
+                inside.set()
+                await anyio.to_thread.run_sync(ended.wait)
+                raise ValueError("decode failed")
+        except BaseException as exc:  # what the caller would see
+            caught["track"] = exc
+
+    def thread_worker() -> None:
+        try:
+            with m.track_threadsafe("thread.wfm"):
+                ended.wait()
+                raise ValueError("decode failed")
+        except BaseException as exc:
+            caught["track_threadsafe"] = exc
+
+    async with anyio.create_task_group() as tg:
+        async with m:
+            tg.start_soon(worker)
+            await inside.wait()
+            thread = threading.Thread(target=thread_worker)
+            thread.start()
+            await anyio.sleep(0.05)
+        ended.set()
+    thread.join()
+    for kind, name in (("track", "async.wfm"), ("track_threadsafe", "thread.wfm")):
+        exc = caught[kind]
+        assert type(exc) is ValueError, (kind, exc)
+        assert any(f"{name!r} was not recorded: cannot record into batch 'ended'" in note
+                   for note in exc.__notes__), exc.__notes__
+    with pytest.raises(RuntimeError, match="cannot record into batch 'ended'"):
+        async with m.track("late.wfm"):
+            pass

@@ -1360,7 +1360,10 @@ class Tracked(_TrackedFile):
         self._metrics._in_flight -= 1
         fields = self._outcome(exc)
         if fields is not None:
-            await self._metrics.record_file(self.filename, **fields)
+            try:
+                await self._metrics.record_file(self.filename, **fields)
+            except RuntimeError as not_recorded:  # the batch has ended, or failed
+                _keep_the_blocks_error(exc, self.filename, not_recorded)
 
 
 class TrackedInThread(_TrackedFile):
@@ -1389,7 +1392,19 @@ class TrackedInThread(_TrackedFile):
             m._in_flight_threads -= 1
         fields = self._outcome(exc)
         if fields is not None:
-            m.record_file_threadsafe(self.filename, **fields)
+            try:
+                m.record_file_threadsafe(self.filename, **fields)
+            except RuntimeError as not_recorded:  # the batch has ended, or failed
+                _keep_the_blocks_error(exc, self.filename, not_recorded)
+
+
+def _keep_the_blocks_error(exc: BaseException | None, filename: str,
+                           not_recorded: RuntimeError) -> None:
+    """A block that raised goes on with its own exception, noted; one that did not
+    raises why its file could not be recorded."""
+    if exc is None:
+        raise not_recorded
+    exc.add_note(f"batchmetrics: {filename!r} was not recorded: {not_recorded}")
 
 
 def _count_buffered(recv: MemoryObjectReceiveStream[Any]) -> int:
