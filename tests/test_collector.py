@@ -744,3 +744,12 @@ async def test_events_behind_a_snapshot_or_from_threads_are_counted_when_lost() 
         async with m:
             await anyio.to_thread.run_sync(work)
     assert m.summary().total_files + _uncounted(caught.value) == from_threads
+
+
+def test_a_batch_entered_without_an_asyncio_loop_says_it_needs_asyncio() -> None:
+    # under trio it failed with a bare "no running event loop" from deep in the start
+    m = BatchMetrics("elsewhere")
+    entering = m.__aenter__()
+    with pytest.raises(RuntimeError, match="batchmetrics runs on asyncio"):
+        entering.send(None)  # a coroutine driven by hand: no asyncio loop runs
+    assert m.state.value == "new"  # nothing started

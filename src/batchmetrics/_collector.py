@@ -265,6 +265,13 @@ class BatchMetrics:
         return self._state
 
     async def __aenter__(self) -> Self:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # trio, say: asyncio's own calls would fail obscurely later
+            raise RuntimeError(
+                f"batch {self.batch_id!r}: batchmetrics runs on asyncio (asyncio.run, or "
+                "anyio.run with its default asyncio backend), and no asyncio event loop "
+                "runs here") from None
         if self._entered:
             raise RuntimeError(
                 f"batch {self.batch_id!r} was already entered; a BatchMetrics runs once, "
