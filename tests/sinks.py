@@ -102,3 +102,14 @@ class SecondWriteFails(_TakesAll):
             await anyio.sleep(0.2)
         elif self.calls == 2:
             raise OSError("disk full")
+
+
+class SlowToWrite(_TakesAll):
+    """Each write takes 0.3 s (a stalled disk): the exit's drain takes a while."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    async def write(self, records: Sequence[FileRecord]) -> None:
+        await anyio.sleep(0.3)
+        self.rows += len(records)

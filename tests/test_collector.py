@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import re
 import tracemalloc
@@ -16,7 +17,7 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from batchmetrics import BatchMetrics, JsonlSink, Store, get_batch_stats
+from batchmetrics import BatchMetrics, History, JsonlSink, Store, get_batch_stats
 
 from .sinks import (
     FailingSink,
@@ -26,6 +27,7 @@ from .sinks import (
     HungSink,
     SecondWriteFails,
     SlowSink,
+    SlowToWrite,
 )
 
 # -- lifecycle ---------------------------------------------------------------------------
@@ -753,3 +755,38 @@ def test_a_batch_entered_without_an_asyncio_loop_says_it_needs_asyncio() -> None
     with pytest.raises(RuntimeError, match="batchmetrics runs on asyncio"):
         entering.send(None)  # a coroutine driven by hand: no asyncio loop runs
     assert m.state.value == "new"  # nothing started
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["asyncio.timeout", "Task.cancel"])
+async def test_asyncio_cancelling_the_exit_still_leaves_complete_outputs(
+        tmp_path: Path, how: str) -> None:
+    # asyncio's own cancellation passes anyio's shield: it cut the exit off halfway, the
+    # summary file unwritten, the history left "running" with no rows
+    sink, summary, db = SlowToWrite(), tmp_path / "summary.json", tmp_path / "h.db"
+    m = BatchMetrics("cut", sinks=[sink], summary_path=summary, store=db, store_files=True)
+
+    async def run() -> None:
+        async with m:
+            for i in range(100):
+                await m.record_file(f"f{i}.wfm", duration=0.01)
+            if how == "Task.cancel":
+                task = asyncio.current_task()
+                assert task is not None
+                asyncio.get_running_loop().call_later(0.1, task.cancel)
+
+    if how == "asyncio.timeout":
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):  # the body ends at once: it expires in the exit
+                await run()
+    else:
+        with pytest.raises(asyncio.CancelledError):
+            await run()
+    assert m.summary().state == "finished"  # every file went through
+    assert sink.rows == 100
+    assert json.loads(summary.read_text(encoding="utf-8"))["total_files"] == 100
+    with History(db) as history:
+        run_row = history.get("cut")
+        assert run_row is not None
+        assert (run_row.status, run_row.summary["total_files"]) == ("finished", 100)
+        assert len(list(history.files("cut"))) == 100

@@ -333,6 +333,7 @@ class BatchMetrics:
         self._send = None
         self._chunk = None
         self._state = BatchState.FINISHING
+        self._exit_deadline = anyio.current_time() + self._shutdown_timeout
         if exc is None:
             self._outcome = "finished"
         elif isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt):
@@ -341,9 +342,10 @@ class BatchMetrics:
             self._outcome = "failed"
         problem: BaseException | None = None
         failure: BaseException | None = None
+        interrupted: BaseException | None = None  # asyncio's own cancellation, see below
         with anyio.CancelScope(shield=True):
             try:
-                problem = await self._finish(send)
+                problem, interrupted = await _to_its_end(self._finish(send))
             except BaseException as exc_of_exit:
                 # A failure of the exit itself (a user's clock that raises, a bug): the
                 # batch's tasks and the store's thread must still end, or the process
@@ -399,6 +401,8 @@ class BatchMetrics:
                     error.add_note(f"batchmetrics: also, {problem!r}")
                     logger.error("batchmetrics: batch %r: also, %s", self.batch_id, problem)
                 problem = error
+        if cancelled is None:
+            cancelled = interrupted
         going_on = exc if exc is not None else cancelled  # raised whatever happened here
         if problem is not None:
             if going_on is None:
@@ -415,7 +419,7 @@ class BatchMetrics:
     async def _finish(self, send: MemoryObjectSendStream[Any]) -> BaseException | None:
         """Drain, then write the final outputs, within ``shutdown_timeout``; what went wrong."""
         problem: BaseException | None = None
-        self._exit_deadline = anyio.current_time() + self._shutdown_timeout
+        assert self._exit_deadline is not None
         with anyio.CancelScope(deadline=self._exit_deadline) as scope:
             self._inbox.close()
             await self._pump_once()  # what threads recorded before the exit
@@ -1426,6 +1430,23 @@ def _count_buffered(recv: MemoryObjectReceiveStream[Any]) -> int:
 def _events_in(items: Sequence[Any]) -> int:
     """How many events stream items hold: chunks are lists, snapshot markers hold none."""
     return sum(len(item) for item in items if item.__class__ is list)
+
+
+async def _to_its_end(work: Coroutine[Any, Any, _T]) -> tuple[_T, BaseException | None]:
+    """``work``'s result, awaited to its end in a task of its own, and the first of
+    asyncio's own cancellations of this task meanwhile (``asyncio.timeout``, a
+    ``Task.cancel()``), which an anyio shield does not stop: cut off, the exit would
+    leave the summary file, the store and the rows unwritten. ``work`` keeps its own
+    deadline; the cancellation is for the caller to raise once it is done."""
+    task = asyncio.ensure_future(work)
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            return await asyncio.shield(task), interrupted
+        except asyncio.CancelledError as exc:
+            if task.done():  # the work itself was cancelled: not ours to outlast
+                raise
+            interrupted = interrupted or exc
 
 
 def _describe(exc: BaseException) -> str:
