@@ -790,3 +790,61 @@ async def test_asyncio_cancelling_the_exit_still_leaves_complete_outputs(
         assert run_row is not None
         assert (run_row.status, run_row.summary["total_files"]) == ("finished", 100)
         assert len(list(history.files("cut"))) == 100
+
+
+# asyncio.run() ending while a batch runs in a task of its own: asyncio cancels every
+# task left, the batch's consumer too, past anyio's shields
+_SWEPT_BATCH = r"""
+import asyncio, json, os, sys
+from batchmetrics import BatchMetrics, JsonlSink
+folder = sys.argv[1]
+made, returned = [], [0]
+
+async def batch():
+    m = BatchMetrics("swept", buffer_size=200_000, store=os.path.join(folder, "h.db"),
+                     sinks=[JsonlSink(os.path.join(folder, "files.jsonl"))],
+                     summary_path=os.path.join(folder, "summary.json"), store_files=True)
+    made.append(m)
+    async with m:
+        while True:
+            await m.record_file(f"f{returned[0]}.wfm", duration=0.01)
+            returned[0] += 1
+            if returned[0] % 50_000 == 0:
+                await asyncio.sleep(0)
+
+async def main():
+    asyncio.create_task(batch())
+    await asyncio.sleep(0.3)
+    raise RuntimeError("main gave up")
+
+try:
+    asyncio.run(main())
+except RuntimeError:
+    pass
+print(json.dumps({"returned": returned[0], "state": made[0].summary().state,
+                  "total": made[0].summary().total_files}))
+"""
+
+
+def test_asyncio_run_ending_under_a_running_batch_counts_or_reports_every_event(
+        tmp_path: Path) -> None:
+    # the history stayed "running" with no total, and events buffered for the consumer
+    # were dropped without a word
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _SWEPT_BATCH, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    out = json.loads(done.stdout)
+    lost = re.search(r"(\d+) events recorded before that were never counted", done.stderr)
+    assert out["total"] + (int(lost.group(1)) if lost else 0) == out["returned"], done.stderr
+    assert out["state"] == "cancelled"
+    lines = (tmp_path / "files.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == out["total"]
+    summary = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert (summary["state"], summary["total_files"]) == ("cancelled", out["total"])
+    with History(tmp_path / "h.db") as history:
+        run = history.get("swept")
+        assert run is not None
+        assert (run.status, run.summary["total_files"]) == ("cancelled", out["total"])
+        assert len(list(history.files("swept"))) == out["total"]

@@ -564,8 +564,11 @@ class BatchMetrics:
             try:
                 await self._consume_stream()
                 self._drained = True  # every event is folded; the sinks close next
-            except anyio.get_cancelled_exc_class():
-                if not scope.cancel_called:
+            except anyio.get_cancelled_exc_class() as exc:
+                if not scope.cancel_called:  # asyncio's own, in the middle of a fold
+                    self._consumer_error = exc  # the exit says how many events were lost
+                    logger.error("batchmetrics consumer of batch %r was cancelled",
+                                 self.batch_id)
                     raise
                 # the exit's deadline stopped it: reported as the exit's TimeoutError
             except BaseException as exc:
@@ -591,8 +594,8 @@ class BatchMetrics:
         assert recv is not None
         try:
             await self._consume_items(recv)
-        except Exception:
-            # lost: the exit's error says how many
+        except BaseException:
+            # lost: the exit's error says how many (unless its deadline cut the drain)
             self._uncounted += _count_buffered(recv)
             raise
         finally:
@@ -623,6 +626,13 @@ class BatchMetrics:
                         continue
             except EndOfStream:
                 break
+            except anyio.get_cancelled_exc_class():
+                if self._consumer_scope is None or self._consumer_scope.cancel_called:
+                    raise  # the exit's deadline
+                # asyncio's own cancellation (which passes anyio's shield: the sweep of
+                # the tasks left as asyncio.run ends) while waiting: nothing in hand is
+                # lost, and the exit ends the stream
+                continue
             items = [item]
             append = items.append
             try:
@@ -665,13 +675,31 @@ class BatchMetrics:
                         await sink.write(records)
                 except Exception as exc:
                     failure = self._first_failure(failure, exc, sink)
+                except anyio.get_cancelled_exc_class():
+                    if not self._cut_short(sink):
+                        raise
         if self._store is not None and self._store_files:
             try:
                 await self._store.write_files(self, batch)
             except Exception as exc:
                 failure = self._first_failure(failure, exc, self._store)
+            except anyio.get_cancelled_exc_class():
+                if not self._cut_short(self._store):
+                    raise
         if failure is not None:
             raise failure
+
+    def _cut_short(self, where: object) -> bool:
+        """Whether a write cancelled in the fold was cut short by asyncio's own
+        cancellation (the sweep of the tasks left as asyncio.run ends), which passes
+        anyio's shield: the fold goes on, so that the outputs after it still get the
+        batch's rows (the exit's deadline, anyio's, ends the consumer)."""
+        if self._consumer_scope is None or self._consumer_scope.cancel_called:
+            return False
+        logger.warning("batchmetrics: a write to %r of batch %r was cancelled by asyncio; "
+                       "our sinks and the store queue rows before they wait", where,
+                       self.batch_id)
+        return True
 
     def _first_failure(self, first: Exception | None, exc: Exception,
                        where: object) -> Exception:

@@ -468,7 +468,14 @@ class _Run:
         """Wait for the chunk write in flight; raise what it raised."""
         writing, self.writing = self.writing, None
         if writing is not None:
-            await writing
+            try:
+                await writing
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # this task is cancelled
+                # only the write was (the sweep of tasks as asyncio.run ends): its chunk
+                # is still queued, for the next write
 
 
 def _check_file_path(value: object) -> str:
