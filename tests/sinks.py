@@ -72,13 +72,15 @@ class FailsToClose(_TakesAll):
 
 
 class SlowSink(_TakesAll):
-    """Each write takes 2 ms (a slow disk): the consumer lags behind the producers."""
+    """Each write takes 2 ms (a slow disk: the consumer lags behind the producers), or
+    ``pause`` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, pause: float = 0.002) -> None:
         self.rows = 0
+        self.pause = pause
 
     async def write(self, records: Sequence[FileRecord]) -> None:
-        await anyio.sleep(0.002)
+        await anyio.sleep(self.pause)
         self.rows += len(records)
 
 
@@ -102,14 +104,3 @@ class SecondWriteFails(_TakesAll):
             await anyio.sleep(0.2)
         elif self.calls == 2:
             raise OSError("disk full")
-
-
-class SlowToWrite(_TakesAll):
-    """Each write takes 0.3 s (a stalled disk): the exit's drain takes a while."""
-
-    def __init__(self) -> None:
-        self.rows = 0
-
-    async def write(self, records: Sequence[FileRecord]) -> None:
-        await anyio.sleep(0.3)
-        self.rows += len(records)

@@ -27,7 +27,6 @@ from .sinks import (
     HungSink,
     SecondWriteFails,
     SlowSink,
-    SlowToWrite,
 )
 
 # -- lifecycle ---------------------------------------------------------------------------
@@ -763,7 +762,7 @@ async def test_asyncio_cancelling_the_exit_still_leaves_complete_outputs(
         tmp_path: Path, how: str) -> None:
     # asyncio's own cancellation passes anyio's shield: it cut the exit off halfway, the
     # summary file unwritten, the history left "running" with no rows
-    sink, summary, db = SlowToWrite(), tmp_path / "summary.json", tmp_path / "h.db"
+    sink, summary, db = SlowSink(pause=0.3), tmp_path / "summary.json", tmp_path / "h.db"
     m = BatchMetrics("cut", sinks=[sink], summary_path=summary, store=db, store_files=True)
 
     async def run() -> None:
