@@ -972,3 +972,31 @@ async def test_stats_of_a_running_batch_measures_time_on_the_batchs_own_clock(
                      result.stdout), result.stdout
     assert re.search(r"wall time\s+10(\.0+)? s\n", result.stdout), result.stdout
     assert re.search(r"files/s\s+2\.0+\n", result.stdout), result.stdout
+
+
+_KILLED_ON_ITS_CLOCK = """
+import os, signal, sys
+import anyio
+from batchmetrics import BatchMetrics
+t = [1.5e9]
+
+async def main(db):
+    async with BatchMetrics("killed", store=db, interval=0.05, clock=lambda: t[0]) as m:
+        for i in range(50):
+            t[0] += 0.1
+            await m.record_file(f"f{i}", duration=0.01)
+        await anyio.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+anyio.run(main, sys.argv[1])
+"""
+
+
+def test_stats_of_a_killed_run_says_when_it_stopped_on_its_own_clock(tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    done = subprocess.run([sys.executable, "-c", _KILLED_ON_ITS_CLOCK, str(db)], timeout=60,
+                          check=False)
+    assert done.returncode == -signal.SIGKILL
+    result = cli("stats", "killed", db=db)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"stopped writing at 2017-07-1[34] ", result.stdout), result.stdout

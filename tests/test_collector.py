@@ -847,3 +847,24 @@ def test_asyncio_run_ending_under_a_running_batch_counts_or_reports_every_event(
         assert run is not None
         assert (run.status, run.summary["total_files"]) == ("cancelled", out["total"])
         assert len(list(history.files("swept"))) == out["total"]
+
+
+@pytest.mark.asyncio
+async def test_a_second_enter_while_the_first_is_starting_is_refused(tmp_path: Path) -> None:
+    m = BatchMetrics("twice", summary_path=tmp_path / "s.json")
+    release = anyio.Event()
+
+    async def first() -> None:
+        async with m:
+            await release.wait()
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await anyio.lowlevel.checkpoint()
+            assert m.summary().state == "new"
+            try:
+                with pytest.raises(RuntimeError, match="already entered"):
+                    await m.__aenter__()
+            finally:
+                release.set()

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
 import sys
 import time
+from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 
 import anyio
 import pytest
 
-from batchmetrics import BatchMetrics, BatchMetricsSummary, HistoryError
+from batchmetrics import BatchMetrics, BatchMetricsSummary, HistoryError, JsonlSink
 
 from .clock import FakeClock
 
@@ -410,3 +412,39 @@ async def test_a_batch_that_ended_short_of_or_past_total_files(
 def test_a_rate_window_too_short_to_slot_is_refused() -> None:
     with pytest.raises(ValueError, match=r"rate_window must be >= 0\.01 seconds, got 1e-300"):
         BatchMetrics(rate_window=1e-300)
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+@pytest.mark.asyncio
+async def test_the_default_clock_stamps_every_kind_of_record_in_wall_time(tmp_path: Path) -> None:
+    log = tmp_path / "f.jsonl"
+    before = time.time()
+    async with BatchMetrics(keep_files=True, sinks=[JsonlSink(log)]) as m:
+        await m.record_file("a.wfm", duration=0.1)
+        await m.record_error("b.wfm", "OSError", "gone")
+        await m.record_skip("c.wfm", "empty")
+        await anyio.to_thread.run_sync(
+            functools.partial(m.record_file_threadsafe, "d.wfm", duration=0.1))
+    after = time.time()
+    stamps = {json.loads(x)["filename"]: json.loads(x)["end_ts"]
+              for x in log.read_text().splitlines()}
+    assert sorted(stamps) == ["a.wfm", "b.wfm", "c.wfm", "d.wfm"]
+    for name, ts in stamps.items():
+        assert before - 1 <= ts <= after + 1, name
+    start = _epoch(m.summary().to_dict()["start_time"])
+    assert before - 1 <= start <= after + 1
+
+
+@pytest.mark.asyncio
+async def test_the_start_is_stamped_with_the_wall_time_at_the_enter_not_at_construction(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    m = BatchMetrics(keep_files=True)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 3600.0)  # NTP steps back before the start
+    async with m:
+        await m.record_file("a.wfm", duration=0.1)
+    start = _epoch(m.summary().to_dict()["start_time"])
+    assert abs(start - time.time()) < 60

@@ -392,3 +392,37 @@ async def test_a_block_that_raises_after_the_batch_ended_keeps_its_own_exception
     with pytest.raises(RuntimeError, match="cannot record into batch 'ended'"):
         async with m.track("late.wfm"):
             pass
+
+
+@pytest.mark.asyncio
+async def test_timed_with_a_filename_function_on_a_function_without_parameters() -> None:
+    async with BatchMetrics(keep_files=True) as m:
+        @m.timed(lambda: "fixed.wfm")
+        async def step() -> None:
+            await anyio.lowlevel.checkpoint()
+
+        await step()
+    assert [r["filename"] for r in m.get_file_metrics()] == ["fixed.wfm"]
+
+
+@pytest.mark.asyncio
+async def test_timed_does_not_take_a_positional_only_file_from_a_keyword() -> None:
+    async with BatchMetrics(keep_files=True) as m:
+        @m.timed
+        async def f(path: str = "d.wfm", /, **options: str) -> None:
+            await anyio.lowlevel.checkpoint()
+
+        await f(path="other.wfm")
+    assert [r["filename"] for r in m.get_file_metrics()] == ["d.wfm"]
+
+
+@pytest.mark.asyncio
+async def test_timed_keyword_only_file_passed_by_position_records_nothing() -> None:
+    async with BatchMetrics(keep_files=True) as m:
+        @m.timed
+        async def f(*, path: str) -> None:
+            await anyio.lowlevel.checkpoint()
+
+        with pytest.raises(TypeError, match="no file name"):
+            await f("a.wfm")  # type: ignore[call-arg]
+    assert m.get_file_metrics() == []

@@ -540,3 +540,58 @@ async def test_a_summary_file_that_cannot_be_written_fails_the_start(
     with pytest.raises(ValueError, match=message):
         async with m:
             raise AssertionError("the body must not run")  # pragma: no cover
+
+
+@pytest.mark.asyncio
+async def test_a_path_going_up_through_a_link_is_another_file(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "data" / "run1").mkdir(parents=True)
+    (tmp_path / "current").symlink_to(tmp_path / "data" / "run1")
+    monkeypatch.chdir(tmp_path)
+    sinks = [JsonlSink(os.path.join("current", "..", "up.jsonl")), JsonlSink("up.jsonl")]
+    async with BatchMetrics(sinks=sinks) as m:
+        await m.record_file("a.wfm", duration=0.1)
+    assert len((tmp_path / "data" / "up.jsonl").read_text().splitlines()) == 1
+    assert len((tmp_path / "up.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sep", ["/./", "//"])
+def test_a_dot_or_double_slash_alias_of_a_path_is_refused_when_made(tmp_path: Path,
+                                                                   sep: str) -> None:
+    with pytest.raises(ValueError, match="would write one file"):
+        BatchMetrics(sinks=[CsvSink(tmp_path / "out.jsonl"),
+                            JsonlSink(str(tmp_path) + sep + "out.jsonl")])
+
+
+@pytest.mark.asyncio
+async def test_two_sinks_through_a_link_to_a_file_not_made_yet_fail_the_start(
+        tmp_path: Path) -> None:
+    log = tmp_path / "run.jsonl"
+    alias = tmp_path / "alias.jsonl"
+    alias.symlink_to(log)
+    m = BatchMetrics(sinks=[JsonlSink(log), CsvSink(alias)])
+    with pytest.raises(ValueError, match="would write one file"):
+        async with m:
+            raise AssertionError("the body must not run")
+    assert not log.exists()
+
+
+def test_a_third_output_on_the_second_ones_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="would write one file"):
+        BatchMetrics(summary_path=tmp_path / "s.json",
+                     sinks=[JsonlSink(tmp_path / "a.log"), CsvSink(tmp_path / "a.log")])
+
+
+@pytest.mark.asyncio
+async def test_a_sink_linked_to_the_history_fails_the_start_and_spares_it(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    async with BatchMetrics("first", store=db) as m:
+        await m.record_file("a.wfm", duration=0.1)
+    alias = tmp_path / "alias.jsonl"
+    alias.symlink_to(db)
+    m2 = BatchMetrics("second", store=db, sinks=[JsonlSink(alias)])
+    with pytest.raises(ValueError, match="would write one file"):
+        async with m2:
+            await m2.record_file("b.wfm", duration=0.1)
+    with History(db) as h:
+        assert h.get("first") is not None
