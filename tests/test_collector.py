@@ -10,6 +10,7 @@ import logging
 import re
 import tracemalloc
 from collections import Counter
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import anyio
@@ -868,3 +869,21 @@ async def test_a_second_enter_while_the_first_is_starting_is_refused(tmp_path: P
                     await m.__aenter__()
             finally:
                 release.set()
+
+
+@pytest.mark.asyncio
+async def test_a_batch_in_an_async_generator_closed_early_is_cancelled_not_failed() -> None:
+    # a reader that stops early (break, then aclose) is not a failure of the batch
+    m = BatchMetrics("gen", keep_files=True)
+
+    async def processed() -> AsyncGenerator[str, None]:
+        async with m:
+            for i in range(100):
+                await m.record_file(f"f{i}.wfm", duration=0.01)
+                yield f"f{i}.wfm"
+
+    async with contextlib.aclosing(processed()) as files:
+        async for name in files:
+            if name == "f2.wfm":
+                break
+    assert (m.summary().state, m.summary().total_files) == ("cancelled", 3)

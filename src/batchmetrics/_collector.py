@@ -336,7 +336,8 @@ class BatchMetrics:
         self._exit_deadline = anyio.current_time() + self._shutdown_timeout
         if exc is None:
             self._outcome = "finished"
-        elif isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt):
+        elif isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt
+                        | GeneratorExit):  # the last: an async generator closed early
             self._outcome = "cancelled"
         else:
             self._outcome = "failed"
