@@ -887,3 +887,43 @@ async def test_a_batch_in_an_async_generator_closed_early_is_cancelled_not_faile
             if name == "f2.wfm":
                 break
     assert (m.summary().state, m.summary().total_files) == ("cancelled", 3)
+
+
+_LEFT_OPEN = r"""
+import asyncio, contextlib
+from batchmetrics import BatchMetrics
+stack = contextlib.AsyncExitStack()
+
+async def main():
+    m = await stack.enter_async_context(BatchMetrics("left-open"))
+    await m.record_file("a.wfm", duration=0.1)  # never exited: main() just returns
+
+asyncio.run(main())
+print("returned")
+"""
+
+
+def test_asyncio_run_returns_when_a_batch_was_left_open() -> None:
+    # the consumer outlived asyncio.run's cancellation, waiting for an exit that never
+    # came: asyncio.run never returned
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _LEFT_OPEN], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.stdout.strip() == "returned", done.stderr
+
+
+@pytest.mark.asyncio
+async def test_an_asyncio_timeout_during_the_exit_of_a_failed_body_still_times_out() -> None:
+    # the body's error went on and the timeout's cancellation was swallowed: the caller
+    # caught the error, retried, and its deadline never came
+    sink = SlowSink(pause=0.3)
+    with pytest.raises(TimeoutError) as caught:  # noqa: PT012
+        async with asyncio.timeout(0.1):
+            async with BatchMetrics("failing", sinks=[sink]) as m:
+                await m.record_file("a.wfm", duration=0.1)
+                raise ValueError("bad file")
+    assert isinstance(caught.value.__context__, asyncio.CancelledError)
+    assert isinstance(caught.value.__context__.__context__, ValueError)
+    assert sink.rows == 1  # the exit still drained

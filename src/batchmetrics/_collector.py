@@ -343,10 +343,10 @@ class BatchMetrics:
             self._outcome = "failed"
         problem: BaseException | None = None
         failure: BaseException | None = None
-        interrupted: BaseException | None = None  # asyncio's own cancellation, see below
+        interruptions: list[BaseException] = []  # asyncio's own cancellations, see below
         with anyio.CancelScope(shield=True):
             try:
-                problem, interrupted = await _to_its_end(self._finish(send))
+                problem = await _to_its_end(self._finish(send), interruptions)
             except BaseException as exc_of_exit:
                 # A failure of the exit itself (a user's clock that raises, a bug): the
                 # batch's tasks and the store's thread must still end, or the process
@@ -357,6 +357,7 @@ class BatchMetrics:
                     self._consumer_scope.cancel()
                 if self._store is not None:
                     await self._store.release(self)
+        interrupted = interruptions[0] if interruptions else None
         # The tasks end (the consumer is done unless timed out); a cancellation of the
         # body's scope is raised as the task group exits: it waits for the report below.
         tg.cancel_scope.shield = True
@@ -369,6 +370,11 @@ class BatchMetrics:
         if failure is not None:
             self._state = BatchState.FINISHED
             self._finished.set()
+            if interrupted is not None:  # the cancellation goes on; the failure is said
+                logger.error("batchmetrics: leaving batch %r failed", self.batch_id,
+                             exc_info=failure)
+                interrupted.__context__ = failure
+                raise interrupted
             raise failure
         if self._agg.end_ts is None:
             self._agg.end_ts = self._now()
@@ -416,6 +422,12 @@ class BatchMetrics:
                          type(going_on).__name__, problem)
         if cancelled is not None and exc is None:
             raise cancelled
+        if interrupted is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+            # asyncio cancelled this task during the exit, after the body raised: the
+            # cancellation goes on (asyncio.timeout and TaskGroup rely on it), the
+            # body's error as its context
+            interrupted.__context__ = exc
+            raise interrupted
 
     async def _finish(self, send: MemoryObjectSendStream[Any]) -> BaseException | None:
         """Drain, then write the final outputs, within ``shutdown_timeout``; what went wrong."""
@@ -583,12 +595,14 @@ class BatchMetrics:
                 self._inbox.close()
                 if self._consumer_error is not None:  # what threads put and no pump took
                     self._uncounted += len(self._inbox)
-                await self._close_sinks()
-                self._consumer_done.set()
-                if self._room is not None:  # producers waiting for room learn it has ended
-                    self._room.set()
-                for marker in self._markers:
-                    marker.event.set()
+                try:
+                    await self._close_sinks()
+                finally:  # also when asyncio cancels the close: the exit must not wait on
+                    self._consumer_done.set()
+                    if self._room is not None:  # producers waiting for room learn it ended
+                        self._room.set()
+                    for marker in self._markers:
+                        marker.event.set()
 
     async def _consume_stream(self) -> None:
         recv = self._recv
@@ -628,11 +642,13 @@ class BatchMetrics:
             except EndOfStream:
                 break
             except anyio.get_cancelled_exc_class():
-                if self._consumer_scope is None or self._consumer_scope.cancel_called:
-                    raise  # the exit's deadline
-                # asyncio's own cancellation (which passes anyio's shield: the sweep of
-                # the tasks left as asyncio.run ends) while waiting: nothing in hand is
-                # lost, and the exit ends the stream
+                if (self._consumer_scope is None or self._consumer_scope.cancel_called
+                        or self._exit_deadline is None):
+                    # the exit's deadline; or asyncio's own cancellation (which passes
+                    # anyio's shield: the sweep of the tasks left as asyncio.run ends)
+                    # of a batch whose exit has not begun, and may never come
+                    raise
+                # asyncio's own, during the exit: it ends the stream, within its deadline
                 continue
             items = [item]
             append = items.append
@@ -1461,21 +1477,21 @@ def _events_in(items: Sequence[Any]) -> int:
     return sum(len(item) for item in items if item.__class__ is list)
 
 
-async def _to_its_end(work: Coroutine[Any, Any, _T]) -> tuple[_T, BaseException | None]:
-    """``work``'s result, awaited to its end in a task of its own, and the first of
-    asyncio's own cancellations of this task meanwhile (``asyncio.timeout``, a
-    ``Task.cancel()``), which an anyio shield does not stop: cut off, the exit would
-    leave the summary file, the store and the rows unwritten. ``work`` keeps its own
-    deadline; the cancellation is for the caller to raise once it is done."""
+async def _to_its_end(work: Coroutine[Any, Any, _T],
+                      interruptions: list[BaseException]) -> _T:
+    """``work``'s result, awaited to its end in a task of its own through asyncio's own
+    cancellations of this task (``asyncio.timeout``, a ``Task.cancel()``), which an
+    anyio shield does not stop: cut off, the exit would leave the summary file, the
+    store and the rows unwritten. ``work`` keeps its own deadline; each cancellation
+    is appended to ``interruptions``, for the caller to raise once it is done."""
     task = asyncio.ensure_future(work)
-    interrupted: BaseException | None = None
     while True:
         try:
-            return await asyncio.shield(task), interrupted
+            return await asyncio.shield(task)
         except asyncio.CancelledError as exc:
-            if task.done():  # the work itself was cancelled: not ours to outlast
+            if task.cancelled():  # the work itself was: not ours to outlast
                 raise
-            interrupted = interrupted or exc
+            interruptions.append(exc)  # if the work is done, the next await says so
 
 
 def _describe(exc: BaseException) -> str:
