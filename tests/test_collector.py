@@ -890,26 +890,35 @@ async def test_a_batch_in_an_async_generator_closed_early_is_cancelled_not_faile
 
 
 _LEFT_OPEN = r"""
-import asyncio, contextlib
+import asyncio, contextlib, sys
 from batchmetrics import BatchMetrics
+
+class SlowSink:
+    async def write(self, records): await asyncio.sleep(1.0)
+    async def flush(self): pass
+    async def aclose(self): pass
+
 stack = contextlib.AsyncExitStack()
 
 async def main():
-    m = await stack.enter_async_context(BatchMetrics("left-open"))
+    sinks = [SlowSink()] if sys.argv[1] == "in a write" else []
+    m = await stack.enter_async_context(BatchMetrics("left-open", sinks=sinks))
     await m.record_file("a.wfm", duration=0.1)  # never exited: main() just returns
+    await asyncio.sleep(0.1)
 
 asyncio.run(main())
 print("returned")
 """
 
 
-def test_asyncio_run_returns_when_a_batch_was_left_open() -> None:
+@pytest.mark.parametrize("consumer", ["waiting", "in a write"])
+def test_asyncio_run_returns_when_a_batch_was_left_open(consumer: str) -> None:
     # the consumer outlived asyncio.run's cancellation, waiting for an exit that never
     # came: asyncio.run never returned
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _LEFT_OPEN], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", _LEFT_OPEN, consumer], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.stdout.strip() == "returned", done.stderr
 

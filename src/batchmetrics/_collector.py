@@ -211,11 +211,11 @@ class BatchMetrics:
         self._interval = float(interval)
         self._shutdown_timeout = float(shutdown_timeout)
         # Stamps are self._clock() + self._clock_offset. By default, the monotonic clock
-        # plus the wall time at which it read 0 (set again at the start): the wall clock,
-        # but never stepped (NTP, a manual change), so no duration or rate goes negative.
+        # plus the wall time at which it read 0 (set at the start): the wall clock, but
+        # never stepped (NTP, a manual change), so no duration or rate goes negative.
         self._steady = clock is None
         self._clock: Callable[[], float] = time.monotonic if clock is None else clock
-        self._clock_offset = _wall_offset() if clock is None else 0.0
+        self._clock_offset = 0.0
         self._summary_path = summary_path
         self._display = display
         self._store_arg = store
@@ -642,13 +642,8 @@ class BatchMetrics:
             except EndOfStream:
                 break
             except anyio.get_cancelled_exc_class():
-                if (self._consumer_scope is None or self._consumer_scope.cancel_called
-                        or self._exit_deadline is None):
-                    # the exit's deadline; or asyncio's own cancellation (which passes
-                    # anyio's shield: the sweep of the tasks left as asyncio.run ends)
-                    # of a batch whose exit has not begun, and may never come
+                if not self._outlasts_cancellation():
                     raise
-                # asyncio's own, during the exit: it ends the stream, within its deadline
                 continue
             items = [item]
             append = items.append
@@ -706,12 +701,19 @@ class BatchMetrics:
         if failure is not None:
             raise failure
 
+    def _outlasts_cancellation(self) -> bool:
+        """Whether the consumer goes on through the cancellation being raised: asyncio's
+        own (which passes anyio's shield: the sweep of the tasks left as asyncio.run
+        ends) once the exit has begun, which ends the stream within its deadline. Not
+        the exit's deadline (anyio's, on the consumer's scope), and not before the exit,
+        which may never come (a batch left open as asyncio.run ends)."""
+        scope = self._consumer_scope
+        return scope is not None and not scope.cancel_called and self._exit_deadline is not None
+
     def _cut_short(self, where: object) -> bool:
-        """Whether a write cancelled in the fold was cut short by asyncio's own
-        cancellation (the sweep of the tasks left as asyncio.run ends), which passes
-        anyio's shield: the fold goes on, so that the outputs after it still get the
-        batch's rows (the exit's deadline, anyio's, ends the consumer)."""
-        if self._consumer_scope is None or self._consumer_scope.cancel_called:
+        """Whether a write cancelled in the fold goes on to the outputs after it, which
+        still get the batch's rows (see ``_outlasts_cancellation``)."""
+        if not self._outlasts_cancellation():
             return False
         logger.warning("batchmetrics: a write to %r of batch %r was cancelled by asyncio; "
                        "our sinks and the store queue rows before they wait", where,
