@@ -186,6 +186,35 @@ def test_slowest_files_are_the_k_longest_across_merges() -> None:
     assert names == [f"f{i}" for i in range(100, 90, -1)]
 
 
+@given(st.lists(st.sampled_from([f"E{i}" for i in range(6)]), max_size=60),
+       st.integers(0, 60))
+def test_error_types_past_the_cap_are_counted_apart_also_across_merges(
+        types: list[str], cut: int) -> None:
+    events: list[Event] = [(f"f{i}", 1e9, 1.0, 0, 0, 0, ERROR, etype, "bad", None)
+                           for i, etype in enumerate(types)]
+
+    def capped(part: list[Event]) -> Aggregate:
+        agg = Aggregate(max_error_types=2)
+        agg.add_batch(part)
+        return agg
+
+    whole = capped(events)
+    first_two = list(dict.fromkeys(types))[:2]
+    assert whole.by_type == {etype: types.count(etype) for etype in first_two}
+    assert whole.other_types == len(types) - sum(whole.by_type.values())
+    assert whole.to_summary("b").to_dict()["errors"]["other_types"] == whole.other_types
+    assert capped(events[:cut]).merge(capped(events[cut:])).to_state() == whole.to_state()
+    assert Aggregate.from_state(json.loads(json.dumps(whole.to_state()))) == whole
+
+
+def test_a_state_without_the_error_type_cap_reads_as_the_defaults() -> None:
+    # states written before other_types and max_error_types existed (version 1 too)
+    state = _aggregate_of([("a", 1e9, 0.5, 0, 0, 0, ERROR, "OSError", "x", None)]).to_state()
+    del state["other_types"], state["max_error_types"]
+    agg = Aggregate.from_state(state)
+    assert (agg.by_type, agg.other_types, agg.max_error_types) == ({"OSError": 1}, 0, 100)
+
+
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
     ({"slowest_k": "3"}, TypeError, "slowest_k must be an int, got str '3'"),
     ({"slowest_k": -1}, ValueError, "slowest_k must be >= 0, got -1"),

@@ -142,6 +142,8 @@ def test_live_rejects_a_non_number_interval() -> None:
         ({"keep_files": 0}, TypeError, "keep_files must be a bool"),
         ({"shutdown_timeout": 0}, ValueError, "shutdown_timeout must be > 0 and finite, got 0"),
         ({"slowest": -1}, ValueError, "slowest must be >= 0, got -1"),
+        ({"max_error_types": -1}, ValueError, "max_error_types must be >= 0, got -1"),
+        ({"max_error_types": 2.0}, TypeError, "max_error_types must be an int, got float 2.0"),
         ({"clock": 1.7e9}, TypeError, "clock must be callable or None, got 1700000000.0"),
     ],
 )
@@ -278,6 +280,25 @@ async def test_summary_lists_the_slowest_files_and_first_messages_per_error_type
     }
     assert summary.to_dict()["slowest_files"][1] == {
         "filename": "huge", "duration_seconds": 99.0, "status": "success"}
+
+
+@pytest.mark.asyncio
+async def test_error_types_past_max_error_types_are_counted_apart_and_long_messages_cut() -> None:
+    # error types made unique by the job (a URL in them) must not grow the summary
+    long_message = "x" * 20_000
+    async with BatchMetrics("types", max_error_types=2) as m:
+        await m.record_error("a", "TimeoutError", long_message)
+        for i in range(50):
+            await m.record_error(f"u{i}", f"HTTP 404 /item/{i}", "not found")
+        await m.record_error("b", "TimeoutError", "again")
+    errors = m.summary().to_dict()["errors"]
+    assert errors["by_type"] == {"TimeoutError": 2, "HTTP 404 /item/0": 1}
+    assert errors["other_types"] == 49
+    assert errors["total"] == 52
+    kept = errors["messages"]["TimeoutError"]
+    assert kept == ["x" * 999 + "\u2026", "again"]
+    # the file's own row keeps the whole message
+    assert m.get_file_metrics()[0]["error_message"] == long_message
 
 
 @pytest.mark.asyncio

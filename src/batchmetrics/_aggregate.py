@@ -46,6 +46,8 @@ from ._summary import (
 )
 
 STATE_VERSION = 1
+#: Characters of an error message kept in the summary (longer ones are cut, with "…").
+MESSAGE_CHARS = 1000
 
 _T = TypeVar("_T")
 
@@ -64,7 +66,9 @@ class Aggregate:
     samples, measurements and bytes cover successful files, as in the reference
     design. ``busy_seconds`` sums every file's duration. The ``slowest`` files
     (any status) and the first ``error_messages_per_type`` messages of each error
-    type are kept, both bounded.
+    type are kept, both bounded. Errors are counted by type for the first
+    ``max_error_types`` types seen; errors of any later type are counted in
+    ``other_types``, so memory stays bounded when types are unique (a URL in them).
     """
 
     __slots__ = (
@@ -77,6 +81,7 @@ class Aggregate:
         "error_messages_per_type",
         "max_error_types",
         "measurements",
+        "other_types",
         "processed_count",
         "samples",
         "sketch",
@@ -105,6 +110,7 @@ class Aggregate:
         self.timing = RunningStats()
         self.sketch = QuantileSketch()
         self.by_type: dict[str, int] = {}
+        self.other_types = 0  # errors of types beyond the first max_error_types
         self.error_messages: dict[str, list[str]] = {}
         # A min-heap of (duration, -arrival, name, status): among equal durations the
         # earliest file is kept, however the events were batched or merged.
@@ -172,10 +178,9 @@ class Aggregate:
         return (n, ns, samples, nbytes)
 
     def _add_errors(self, errors: list[Event]) -> None:
-        by_type = self.by_type
         for etype, count in Counter(map(itemgetter(F_ERROR_TYPE), errors)).items():
             if etype:
-                by_type[etype] = by_type.get(etype, 0) + count
+                self._count_type(etype, count)
         kept_by_type = self.error_messages
         room = self.error_messages_per_type
         for ev in errors:  # only the first few messages of a type are kept: mostly skipped
@@ -211,6 +216,15 @@ class Aggregate:
             else:
                 heapq.heapreplace(slowest, item)
 
+    def _count_type(self, etype: str, count: int) -> None:
+        by_type = self.by_type
+        if etype in by_type:
+            by_type[etype] += count
+        elif len(by_type) < self.max_error_types:
+            by_type[etype] = count
+        else:
+            self.other_types += count
+
     def _note_error(self, etype: str, message: str | None) -> None:
         kept = self.error_messages.get(etype)
         if kept is None:
@@ -218,6 +232,8 @@ class Aggregate:
                 return
             kept = self.error_messages[etype] = []
         if message and len(kept) < self.error_messages_per_type:
+            if len(message) > MESSAGE_CHARS:  # the per-file rows keep it whole
+                message = message[:MESSAGE_CHARS - 1] + "\u2026"
             kept.append(message)
 
     # -- combining ---------------------------------------------------------------------
@@ -237,7 +253,8 @@ class Aggregate:
         self.timing.merge(other.timing)
         self.sketch.merge(other.sketch)
         for etype, count in other.by_type.items():
-            self.by_type[etype] = self.by_type.get(etype, 0) + count
+            self._count_type(etype, count)
+        self.other_types += other.other_types
         for etype, messages in other.error_messages.items():
             for message in messages:
                 self._note_error(etype, message)
@@ -274,6 +291,8 @@ class Aggregate:
             "timing": self.timing.to_state(),
             "sketch": self.sketch.to_state(),
             "by_type": dict(self.by_type),
+            "other_types": self.other_types,
+            "max_error_types": self.max_error_types,
             "error_messages": {k: list(v) for k, v in self.error_messages.items()},
             "slowest": [[d, name, STATUS_NAMES[st]]  # longest first; ties in arrival order
                         for d, _, name, st in sorted(self.slowest, key=_slowest_first)],
@@ -300,7 +319,11 @@ class Aggregate:
 
     @classmethod
     def _from_checked_state(cls, state: dict[str, Any]) -> Aggregate:
-        agg = cls(slowest_k=_count(state.get("slowest_k", 10), "slowest_k"))
+        # other_types and max_error_types came after version 1's first release: 0 and
+        # 100 (the cap then, on messages only) when absent
+        agg = cls(slowest_k=_count(state.get("slowest_k", 10), "slowest_k"),
+                  max_error_types=_count(state.get("max_error_types", 100), "max_error_types"))
+        agg.other_types = _count(state.get("other_types", 0), "other_types")
         for key in ("total_files", "processed_count", "error_count", "skip_count",
                     "samples", "measurements"):
             setattr(agg, key, _count(_field(state, key), key))
@@ -404,6 +427,7 @@ class Aggregate:
             )
         errors = ErrorBreakdown(
             by_type=dict(self.by_type),
+            other_types=self.other_types,
             total=self.error_count,
             rate=self.error_count / self.total_files if self.total_files > 0 else 0.0,
             messages={k: list(v) for k, v in self.error_messages.items()},
@@ -571,7 +595,7 @@ def _sums_problem(agg: Aggregate) -> str | None:
     totals = [("total_files", agg.total_files), ("processed_count", agg.processed_count),
               ("error_count", agg.error_count), ("skip_count", agg.skip_count),
               ("samples", agg.samples), ("measurements", agg.measurements),
-              ("bytes_processed", agg.total_bytes),
+              ("bytes_processed", agg.total_bytes), ("other_types", agg.other_types),
               *((f"by_type[{k!r}]", v) for k, v in agg.by_type.items())]
     for name, count in totals:
         if count >= _TOTAL_LIMIT:

@@ -134,6 +134,8 @@ class BatchMetrics:
         display: show live progress on the terminal (``rich`` if installed, else a log line).
         rate_window: seconds of the sliding window for recent rates and the ETA.
         slowest: how many of the slowest files the summary lists.
+        max_error_types: how many error types the summary counts and keeps messages
+            of; errors of later types are counted in ``errors.other_types``.
         shutdown_timeout: the longest the exit may take to drain and finish its outputs;
             past it the exit raises ``TimeoutError`` and the batch is ``failed``, after
             a short grace for the sinks, the summary file and the store (2 s each at most).
@@ -158,6 +160,7 @@ class BatchMetrics:
         display: bool = False,
         rate_window: float = 10.0,
         slowest: int = 10,
+        max_error_types: int = 100,
         shutdown_timeout: float = 60.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -194,6 +197,7 @@ class BatchMetrics:
             raise ValueError(f"rate_window must be >= 0.01 seconds, got {rate_window!r}")
         _check_positive(shutdown_timeout, "shutdown_timeout")
         slowest = check_count(slowest, "slowest")
+        max_error_types = check_count(max_error_types, "max_error_types")
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be callable or None, got {clock!r}")
         if isinstance(sinks, Sink | str | bytes) or not isinstance(sinks, Sequence):
@@ -221,7 +225,7 @@ class BatchMetrics:
         self._store_arg = store
         self._store: Store | None = None
         self._store_files = store_files
-        self._agg = Aggregate(slowest_k=slowest)
+        self._agg = Aggregate(slowest_k=slowest, max_error_types=max_error_types)
         self._files: FileTable | None = FileTable() if keep_files else None
         self._window = RateWindow(rate_window)
         self._state = BatchState.NEW

@@ -65,13 +65,19 @@ class FileMetrics:
 
 @dataclass(frozen=True, slots=True)
 class ErrorBreakdown:
-    """Errors by type; ``rate`` is errors / all files (0..1)."""
+    """Errors by type; ``rate`` is errors / all files (0..1).
+
+    ``by_type`` holds the first ``max_error_types`` types seen (100 by default);
+    errors of later types are counted in ``other_types``.
+    """
 
     by_type: dict[str, int] = field(default_factory=dict)
     total: int = 0
     rate: float = 0.0
     #: The first few messages seen for each error type.
     messages: dict[str, list[str]] = field(default_factory=dict)
+    #: Errors whose type is not in ``by_type``: it already held ``max_error_types`` types.
+    other_types: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +85,7 @@ class ErrorBreakdown:
             "total": self.total,
             "rate_percent": round(self.rate * 100, 2),
             "messages": {k: list(v) for k, v in self.messages.items()},
+            "other_types": self.other_types,
         }
 
 
