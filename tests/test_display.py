@@ -26,7 +26,9 @@ async def test_markup_like_batch_id_is_displayed_as_written_and_the_batch_comple
             await anyio.sleep(0.01)  # the work; the ticker redraws meanwhile
             await m.record_file(f"f{i}.wfm", duration=0.01)
     assert m.summary().total_files == 10
-    assert batch_id in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert batch_id in shown.err
+    assert batch_id not in shown.out  # the job's own output stays clean
 
 
 _SHOWN = """
@@ -34,7 +36,7 @@ import logging, sys
 import anyio
 from batchmetrics import BatchMetrics
 
-logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+logging.basicConfig(stream=sys.stdout, level=logging.WARNING)  # stderr: the terminal
 
 async def main():
     async with BatchMetrics("shown", display=True, interval=0.02,
@@ -42,7 +44,7 @@ async def main():
         for i in range(40):
             await m.record_file(f"f{i}.wfm", duration=0.01)
             await anyio.sleep(0.02)  # the work; the display redraws meanwhile
-    print("recorded", m.summary().total_files, file=sys.stderr)
+    print("recorded", m.summary().total_files)
 
 anyio.run(main)
 """
@@ -59,7 +61,7 @@ def test_a_terminal_that_goes_away_mid_batch_does_not_fail_the_batch(tmp_path: P
     master, slave = pty.openpty()
     try:
         child = subprocess.Popen([sys.executable, "-c", _SHOWN, str(summary)],
-                                 stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+                                 stdin=slave, stdout=subprocess.PIPE, stderr=slave)
     finally:
         os.close(slave)
     try:
@@ -68,11 +70,11 @@ def test_a_terminal_that_goes_away_mid_batch_does_not_fail_the_batch(tmp_path: P
             drawn += os.read(master, 4096)
     finally:
         os.close(master)  # the terminal goes away
-    _, err = child.communicate(timeout=60)
-    stderr = err.decode()
-    assert child.returncode == 0, stderr
-    assert "recorded 40" in stderr
-    assert "display of batch 'shown' failed" in stderr  # said, not raised
+    out, _ = child.communicate(timeout=60)
+    said = out.decode()
+    assert child.returncode == 0, said
+    assert "recorded 40" in said
+    assert "display of batch 'shown' failed" in said  # said, not raised
     written = json.loads(summary.read_text(encoding="utf-8"))
     assert (written["state"], written["total_files"]) == ("finished", 40)
 
@@ -99,3 +101,22 @@ anyio.run(main)
     lines = done.stderr.splitlines()
     assert any(line.startswith("batch plain: ") and "files/s now" in line for line in lines)
     assert lines[-1].startswith("finished: batch plain: 10/10 (100.0%) files"), lines[-1]
+
+
+def test_the_status_line_names_the_most_frequent_error_types_and_counts_the_rest() -> None:
+    from batchmetrics import Aggregate
+    from batchmetrics._display import status_line
+    from batchmetrics._events import ERROR
+
+    agg = Aggregate(max_error_types=5)
+    types = ["KeyError"] + ["OSError"] * 3 + ["ValueError"] * 2 + ["A", "B", "C", "D"]
+    agg.add_batch([(f"f{i}", 1.8e9, 0.1, 0, 0, 0, ERROR, t, "m", None)
+                   for i, t in enumerate(types)])
+    line = status_line(agg.to_summary("b"))
+    # 5 types counted (max_error_types), 3 named; errors of types past the cap counted
+    assert "10 errors (OSError 3, ValueError 2, A 1, 2 more types, 2 of other types)" in line
+
+    one = Aggregate()
+    one.add_batch([("f", 1.8e9, 0.1, 0, 0, 0, ERROR, "OSError", "m", None)])
+    assert "| 1 error (OSError 1) |" in status_line(one.to_summary("b"))
+    assert ": 1 file |" in status_line(one.to_summary("b"))

@@ -30,17 +30,39 @@ def _eta_text(summary: BatchMetricsSummary) -> str:
     return f"ETA {p.eta_seconds:.0f}s"
 
 
+#: Error types named on a status line, the most frequent first.
+_TYPES_SHOWN = 3
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def _error_types(summary: BatchMetricsSummary) -> str:
+    """The most frequent error types with their counts, and how many types are left out."""
+    errors = summary.errors
+    ranked = sorted(errors.by_type.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{k} {v:,}" for k, v in ranked[:_TYPES_SHOWN])
+    more = len(ranked) - _TYPES_SHOWN
+    if more > 0:
+        text += f", {_plural(more, 'more type')}"
+    if errors.other_types:
+        text += f", {errors.other_types:,} of other types"
+    return text
+
+
 def status_line(summary: BatchMetricsSummary) -> str:
-    """One line: files done (of total), rates, errors, ETA."""
+    """One line: files done (of total), rates, errors (the most frequent types), ETA."""
     p = summary.progress
     done = f"{summary.total_files:,}" + (f"/{p.total_files:,} ({p.percent:.1f}%)" if p else "")
     t = summary.throughput
-    errors = ", ".join(f"{k} {v}" for k, v in sorted(summary.errors.by_type.items()))
+    errors = _error_types(summary)
     parts = [
-        f"batch {summary.batch_id}: {done} files",
+        f"batch {summary.batch_id}: {done} "
+        + ("file" if (p.total_files if p else summary.total_files) == 1 else "files"),
         f"{t.recent_files_per_second:.1f} files/s now, {t.files_per_second:.1f} overall",
-        f"{summary.error_count} errors" + (f" ({errors})" if errors else ""),
-        f"{summary.skip_count} skipped",
+        _plural(summary.error_count, "error") + (f" ({errors})" if errors else ""),
+        f"{summary.skip_count:,} skipped",
     ]
     if p is not None:
         parts.append(_eta_text(summary))
@@ -68,9 +90,11 @@ class LogDisplay:
 
 
 class RichDisplay:
-    """A ``rich`` progress bar with files/s, ETA range and error counts."""
+    """A ``rich`` progress bar with files/s, ETA range and error counts, on stderr
+    (as the status line without rich): the job's own output on stdout stays clean."""
 
     def __init__(self, metrics: BatchMetrics) -> None:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -89,6 +113,7 @@ class RichDisplay:
             TextColumn("{task.fields[eta]}"),
             TimeElapsedColumn(),
             transient=False,
+            console=Console(stderr=True),
         )
         self._task = self._progress.add_task(
             metrics.batch_id, total=metrics.total_files, rate="", errors="", eta="")
