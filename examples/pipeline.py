@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("out"))
     args = parser.parse_args()
+    if args.workers < 1 or args.files < 0:
+        parser.error(f"--workers must be >= 1 and --files >= 0, got {args.workers} "
+                     f"and {args.files}")
     args.out.mkdir(parents=True, exist_ok=True)
     anyio.run(run, args.files, args.workers, args.out)
 

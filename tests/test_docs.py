@@ -47,3 +47,15 @@ def test_example_runs_on_real_files(example: str, args: list[str], tmp_path: Pat
         cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert any(out.iterdir())
+
+
+@pytest.mark.parametrize("example", ["pipeline.py", "live_progress.py"])
+def test_example_refuses_zero_workers_with_a_usage_message(example: str, tmp_path: Path) -> None:
+    # with no worker the file stream's sender closed first: a BrokenResourceError traceback
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / example), "--workers", "0", "--files", "5",
+         "--out", str(tmp_path / "out")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "--workers must be >= 1" in result.stderr
+    assert "Traceback" not in result.stderr
