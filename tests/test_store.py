@@ -254,6 +254,27 @@ async def test_stored_file_rows_equal_the_batch_rows_across_many_chunks(db: Path
 
 
 @pytest.mark.asyncio
+async def test_the_wal_stays_small_while_a_long_run_writes_its_rows(db: Path) -> None:
+    # SQLite checkpoints the WAL every 1,000 pages by default: 64 MiB of 64 KiB pages
+    # stayed next to the history while a run wrote (and a half-size history of rows
+    # kept it at that size); it is now checkpointed every 4 MiB and cut back to that
+    wal = Path(f"{db}-wal")
+    largest = 0
+    async with BatchMetrics("long", store=db, store_files=True, keep_files=False) as m:
+        for i in range(400_000):  # about 26 MB of packed rows
+            await m.record_file(f"shard-{i % 64:02d}/capture_{i:07d}.wfm", duration=0.01)
+            if i % 10_000 == 0:
+                await m.snapshot()  # the rows so far are folded and on their way
+                largest = max(largest, wal.stat().st_size if wal.exists() else 0)
+    with History(db) as history:
+        run = history.get("long")
+        assert run is not None
+        assert run.files_stored == 400_000
+    assert db.stat().st_size > 20e6  # the rows did go through the WAL
+    assert largest < 12 * 2**20, largest  # 4 MiB, plus the 2 MiB packs in flight
+
+
+@pytest.mark.asyncio
 async def test_file_rows_can_be_filtered_by_status_and_ranked_by_duration(db: Path) -> None:
     async with BatchMetrics("job-q", store=db, store_files=True) as m:
         await record_mixed(m, 100)

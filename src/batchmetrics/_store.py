@@ -60,6 +60,9 @@ from ._summary import BatchMetricsSummary
 if TYPE_CHECKING:
     from ._collector import BatchMetrics
 
+#: Pages of WAL (64 KiB each) after which a commit checkpoints it.
+_WAL_PAGES = 64
+
 #: The schema version this code writes; ``PRAGMA user_version`` holds the file's.
 SCHEMA_VERSION: Final = 2
 
@@ -701,12 +704,16 @@ class Store:
             version = await self._check_ours(conn)
             # Large pages: packs of file rows are big blobs, written with 5x less work
             # than on 4 KiB pages; page_size takes effect only when the file is created.
+            # The WAL is checkpointed every 64 pages (4 MiB) and cut back to 4 MiB after:
+            # with SQLite's 1,000 pages it stayed at 64 MiB next to a history of 0.5 MB.
             # One script, one hop to the thread; every pragma here may run again (switching
             # to WAL can find the file locked).
             await self._retry_locked(
                 conn.executescript,
                 "PRAGMA page_size = 65536; PRAGMA synchronous = NORMAL; "
-                "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL;")
+                "PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; "
+                f"PRAGMA wal_autocheckpoint = {_WAL_PAGES}; "
+                f"PRAGMA journal_size_limit = {_WAL_PAGES * 65536};")
             await self._migrate(conn, version)
         except sqlite3.DatabaseError as exc:
             with anyio.CancelScope(shield=True):
