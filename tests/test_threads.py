@@ -144,10 +144,16 @@ async def test_bad_arguments_raise_in_the_calling_thread() -> None:
 async def test_threadsafe_recording_on_the_loop_thread_is_refused() -> None:
     ran = False
     async with BatchMetrics("loop") as m:
-        with pytest.raises(RuntimeError, match="event loop's thread"):
+        with pytest.raises(RuntimeError, match=r"record_file_threadsafe\(\) was called on "
+                           r"the event loop's thread.*use `await metrics.record_file"):
             m.record_file_threadsafe("f", duration=0.1)
+        # each names the call to use instead
+        with pytest.raises(RuntimeError, match=r"use `await metrics\.record_error"):
+            m.record_error_threadsafe("f", "OSError", "gone")
+        with pytest.raises(RuntimeError, match=r"use `await metrics\.record_skip"):
+            m.record_skip_threadsafe("f", reason="dup")
         # refused as it starts, not after the block ran
-        with pytest.raises(RuntimeError, match="event loop's thread"), \
+        with pytest.raises(RuntimeError, match=r"use `async with metrics\.track"), \
                 m.track_threadsafe("g"):
             ran = True
         assert (await m.snapshot()).total_files == 0

@@ -1080,6 +1080,7 @@ class BatchMetrics:
         the calling thread, never the event loop. Must not be called on the loop's
         own thread (``await record_file`` there).
         """
+        self._check_off_loop("record_file")
         (filename, duration, samples, measurements, bytes_processed, error_type,
          error_message, memory_peak) = check_fields(
             filename, duration, samples, measurements, bytes_processed, error_type,
@@ -1094,6 +1095,7 @@ class BatchMetrics:
         duration: float = 0.0,
     ) -> None:
         """``record_error`` for worker threads; see ``record_file_threadsafe``."""
+        self._check_off_loop("record_error")
         if not isinstance(error_type, str):
             raise TypeError(f"error_type must be a str, got {type(error_type).__name__} "
                             f"{error_type!r}")
@@ -1102,6 +1104,7 @@ class BatchMetrics:
 
     def record_skip_threadsafe(self, filename: str | os.PathLike[str], reason: str = "") -> None:
         """``record_skip`` for worker threads; see ``record_file_threadsafe``."""
+        self._check_off_loop("record_skip")
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
         self.record_file_threadsafe(filename, duration=0.0, status="skipped",
@@ -1111,16 +1114,16 @@ class BatchMetrics:
         """``track()`` for worker threads: ``with metrics.track_threadsafe(name) as item:``."""
         return TrackedInThread(self, check_filename(filename))
 
-    def _check_off_loop(self) -> None:
+    def _check_off_loop(self, method: str) -> None:
+        """Refuse a ``*_threadsafe`` call on the loop's thread, naming the call to use."""
         if threading.get_ident() == self._loop_thread:
+            instead = (f"`async with metrics.{method}(...)`" if method == "track"
+                       else f"`await metrics.{method}(...)`")
             raise RuntimeError(
-                f"batch {self.batch_id!r}: a *_threadsafe method was called on the event "
-                "loop's thread, where it could block the loop; use `await "
-                "metrics.record_file(...)` or `async with metrics.track(...)`"
-            )
+                f"batch {self.batch_id!r}: {method}_threadsafe() was called on the event "
+                f"loop's thread, where it could block the loop; use {instead}")
 
     def _put_from_thread(self, ev: Event) -> None:
-        self._check_off_loop()
         if self._state is not BatchState.RUNNING:
             raise self._not_running()
         first = not self._inbox.used
@@ -1435,7 +1438,7 @@ class TrackedInThread(_TrackedFile):
 
     def __enter__(self) -> TrackedInThread:
         m = self._metrics
-        m._check_off_loop()  # before the block runs, not as it ends
+        m._check_off_loop("track")  # before the block runs, not as it ends
         if m._state is not BatchState.RUNNING:
             raise m._not_running()
         with m._thread_lock:
@@ -1509,20 +1512,20 @@ class _Output(NamedTuple):
     """A file the batch writes."""
 
     path: str
-    what: str  # for messages: "summary_path", "the file of JsonlSink(...)"
+    what: str  # for messages: "summary_path", "sinks[0] (JsonlSink)"
     replaced: bool  # written by replacing it (a temp file, then a rename), not in place
 
 
 def _output_files(summary_path: str | None, sinks: Sequence[Sink]) -> list[_Output]:
     """The summary file and our file sinks' files."""
     files = [] if summary_path is None else [_Output(summary_path, "summary_path", True)]
-    files += [_Output(s.path, f"the file of {s!r}", False)
-              for s in sinks if isinstance(s, _FileSink)]
+    files += [_Output(s.path, f"sinks[{i}] ({type(s).__name__})", False)
+              for i, s in enumerate(sinks) if isinstance(s, _FileSink)]
     return files
 
 
 def _history_file(store: Store | None) -> list[_Output]:
-    return [] if store is None else [_Output(store.path, f"the history of {store!r}", False)]
+    return [] if store is None else [_Output(store.path, "the history (store)", False)]
 
 
 def _same_path(a: _Output, b: _Output) -> bool:
@@ -1572,8 +1575,10 @@ def _check_distinct_files(files: list[_Output],
     for i, a in enumerate(files):
         for b in files[:i]:
             if same(b, a):
-                raise ValueError(f"{b.what} and {a.what} would write one file ({b.path!r} "
-                                 f"and {a.path!r}): each would overwrite the other")
+                where = (repr(a.path) if a.path == b.path  # the same text: named once
+                         else f"{b.path!r} and {a.path!r}")
+                raise ValueError(f"{b.what} and {a.what} would write one file ({where}): "
+                                 "each would overwrite the other")
 
 
 def _float_reading(clock: Callable[[], float]) -> float:
