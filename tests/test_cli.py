@@ -751,6 +751,21 @@ def test_a_reader_gone_away_stops_the_output_quietly_keeping_the_exit_code(
     assert all(err == "" or err.startswith("regression beyond") for _, err in results), results
 
 
+def test_watch_with_a_reader_gone_away_exits_with_the_runs_outcome_else_141(
+        history: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path) -> None:
+    # `watch failed1 | head -1` exited 0 or 1 by how fast head left: the code was decided
+    # only after the summary was printed
+    db = tmp_path / "h.db"
+    db.write_bytes(history[0].read_bytes())
+    with sqlite3.connect(db) as conn:  # a run still going on another host: outcome unknown
+        conn.execute("UPDATE runs SET status = 'running', host = 'elsewhere', updated_at = ? "
+                     "WHERE batch_id = 'nightly-002'", (time.time(),))
+    conn.close()
+    results = _commands_with_a_closed_reader(
+        db, ["watch", "adhoc-failed"], ["watch", "nightly-001"], ["watch", "nightly-002"])
+    assert results == [(1, ""), (0, ""), (141, "")]
+
+
 def test_damaged_start_times_are_shown_not_tripped_over(tmp_path: Path) -> None:
     db = tmp_path / "h.db"
 

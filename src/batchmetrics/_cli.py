@@ -7,7 +7,9 @@ and a database thread would only add start-up time. Only ``demo`` runs async cod
 Exit codes: 0 done; 1 a regression (``compare --fail-on-regression``) or a
 watched run that did not finish well; 2 bad input (unknown batch, ``files`` of a
 run recorded without per-file rows, missing or damaged file); 130 interrupted by
-Ctrl-C.
+Ctrl-C; 141 (128 + SIGPIPE, as a shell reports a command its pipe ended) when the
+output's reader went away before ``watch`` knew the run's outcome. A reader that goes
+away once the exit code is known does not change it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from ._summary import BatchMetricsSummary
 
 DEFAULT_DB = "batchmetrics.db"
 ENV_DB = "BATCHMETRICS_DB"
+
+#: The exit code when the output's reader goes away before the outcome is known.
+EXIT_READER_GONE = 128 + 13  # SIGPIPE
 
 
 class CliError(Exception):
@@ -554,6 +559,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
         run = get_run(history, args.batch_id)
         interval = args.interval or min(max(run.interval, 0.1), 5.0)
         while True:
+            # what to exit with if the reader goes away while this is written
+            args.exit_code = EXIT_READER_GONE if run.status == "running" else \
+                _watch_outcome(run)
             line = watch_line(run)
             if tty:
                 out.write("\r\x1b[K" + line)
@@ -571,6 +579,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
         out.write("\n")
     print(file=out)
     render_stats(run, out)
+    return _watch_outcome(run)
+
+
+def _watch_outcome(run: StoredRun) -> int:
+    """``watch``'s exit code for a run that has ended: 0 finished, else 1."""
     return 0 if run.status == "finished" else 1
 
 
@@ -803,7 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Follow a run from another terminal: a live line every "
                                    "interval until the run ends, then its summary. Exits 0 "
                                    "when it finished, 1 when it failed, was cancelled or was "
-                                   "interrupted.")
+                                   "interrupted (also when the output's reader goes away, as "
+                                   "with | head), and 141 when the reader goes away while the "
+                                   "run is still going.")
     p.add_argument("batch_id")
     p.add_argument("--interval", type=_non_negative_float,
                    help="seconds between polls (default: the run's checkpoint interval)")
