@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -164,6 +165,52 @@ def test_list_filters_limits_and_prints_json(
     assert row["status"] == "failed"
     assert row["total_files"] == s["total_files"]
     assert row["files_per_second"] == s["throughput"]["files_per_second"]
+
+
+def test_list_status_reads_only_the_runs_it_lists(tmp_path: Path) -> None:
+    # --status loaded and parsed every run (summary and state) to filter in Python: a
+    # damaged run it would not list failed the listing, and a large history took seconds
+    db = tmp_path / "h.db"
+    ids = ["old-finished", "failed", "cancelled", "live", "dead", "stale", "new-finished"]
+
+    async def build() -> None:
+        for batch_id in ids:
+            async with BatchMetrics(batch_id, store=db) as m:
+                await record_run(m, 5)
+
+    anyio.run(build)
+    now = time.time()
+    with sqlite3.connect(db) as conn:
+        for batch_id, status, host, pid, updated in (
+                ("failed", "failed", None, None, None),
+                ("cancelled", "cancelled", None, None, None),
+                ("live", "running", "elsewhere", None, now),  # checkpoints still coming
+                ("dead", "running", socket.gethostname(), 2**22 + 12345, now),  # no process
+                ("stale", "running", "elsewhere", None, now - 3600)):  # checkpoints stopped
+            conn.execute("UPDATE runs SET status = ?, host = coalesce(?, host), "
+                         "pid = coalesce(?, pid), updated_at = coalesce(?, updated_at) "
+                         "WHERE batch_id = ?", (status, host, pid, updated, batch_id))
+        conn.execute("UPDATE runs SET state_json = '[' WHERE batch_id = 'failed'")
+        conn.execute("UPDATE runs SET summary_json = '{' WHERE batch_id = 'old-finished'")
+    conn.close()
+
+    def listed(*options: str) -> tuple[int, list[tuple[str, str]], str]:
+        result = cli("list", "--json", *options, db=db)
+        rows = json.loads(result.stdout)
+        return result.returncode, [(r["batch_id"], r["status"]) for r in rows], result.stderr
+
+    assert listed("--status", "running") == (0, [("live", "running")], "")
+    assert listed("--status", "interrupted") == (
+        0, [("stale", "interrupted"), ("dead", "interrupted")], "")
+    assert listed("--status", "interrupted", "-n", "1") == (0, [("stale", "interrupted")], "")
+    assert listed("--status", "cancelled") == (0, [("cancelled", "cancelled")], "")
+    # the listing does not use the state: a damaged one does not hide its run
+    assert listed("--status", "failed") == (0, [("failed", "failed")], "")
+    # the damaged old run is not read when the newest finished one is all that is asked
+    assert listed("--status", "finished", "-n", "1") == (0, [("new-finished", "finished")], "")
+    code, rows, err = listed("--status", "finished")
+    assert (code, rows) == (2, [("new-finished", "finished")])
+    assert err.startswith(f"batchmetrics: run 'old-finished' in {db} is damaged: ")
 
 
 def test_db_option_is_accepted_after_the_command_too(
@@ -572,6 +619,10 @@ def test_a_run_with_a_damaged_summary_or_state_is_one_clear_line(
     for command in (["list"], ["list", "--json"], ["stats", "r"], ["stats", "--json", "r"],
                     ["watch", "r"]):
         result = cli(*command, db=db)
+        if command[0] == "list" and column == "state_json":  # a listing does not read it
+            assert (result.returncode, result.stderr) == (0, ""), command
+            assert re.search(r'^r  |"batch_id": "r"', result.stdout, re.M), result.stdout
+            continue
         assert result.returncode == 2, (command, result.stderr)
         assert result.stderr == f"batchmetrics: run 'r' in {db} is damaged: {problem}\n"
         # one damaged run does not hide the others

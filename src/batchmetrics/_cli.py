@@ -39,7 +39,7 @@ from ._aggregate import merge_states
 from ._events import STATUS_NAMES, FileRecord, is_finite_number
 from ._export import temp_name
 from ._render import json_text
-from ._store import MAX_ROWS, History, HistoryError, StoredRun
+from ._store import MAX_ROWS, RUN_STATUSES, History, HistoryError, StoredRun
 from ._summary import BatchMetricsSummary
 
 DEFAULT_DB = "batchmetrics.db"
@@ -384,13 +384,11 @@ def _list_row(run: StoredRun) -> dict[str, Any]:
 def cmd_list(args: argparse.Namespace) -> int:
     damaged: list[HistoryError] = []
     with open_history(args) as history:
-        runs = history.runs(limit=None if args.status else args.limit, damaged=damaged)
+        runs = history.runs(args.limit, status=args.status, with_state=False, damaged=damaged)
     # The others are listed, the damaged ones named, and the exit code says so.
     for problem in damaged:
         print(f"batchmetrics: {problem}", file=sys.stderr)
     code = args.exit_code = 2 if damaged else 0  # also if the output's reader goes away
-    if args.status:
-        runs = [r for r in runs if r.status == args.status][: args.limit]
     rows = [_list_row(r) for r in runs]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -781,8 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "duration, files/s. A run whose process died shows as "
                                    "interrupted.")
     p.add_argument("-n", "--limit", type=_row_count, default=20, help="how many (default 20)")
-    p.add_argument("--status", choices=["running", "finished", "failed", "cancelled",
-                                        "interrupted"], help="only runs with this status")
+    p.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_list)
 
