@@ -482,6 +482,26 @@ def test_an_unknown_batch_id_exits_2_naming_the_closest(
     assert "the most recent are 'adhoc-failed'" in far.stderr
 
 
+def test_an_unknown_batch_id_in_a_large_history_still_names_the_closest(
+        history: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path) -> None:
+    # the suggestions compared the id with every batch id in the history (seconds for
+    # tens of thousands); in a large one they come from the most recent ids and those
+    # sorting next to the unknown one
+    db = tmp_path / "h.db"
+    db.write_bytes(history[0].read_bytes())
+    with sqlite3.connect(db) as conn:  # copies of a real run, the close one far back
+        columns = [c for _, c, *_ in conn.execute("PRAGMA table_info(runs)") if c != "id"]
+        copy = ", ".join(c if c != "batch_id" else "?" for c in columns)
+        conn.executemany(f"INSERT INTO runs ({', '.join(columns)}) SELECT {copy} FROM runs "
+                         "WHERE batch_id = 'adhoc-failed'",
+                         [(f"daily-{i:05d}",) for i in range(1200)])
+    conn.close()
+    result = cli("stats", "daily-00123x", db=db)
+    assert result.returncode == 2
+    assert "did you mean 'daily-00123', " in result.stderr, result.stderr
+    assert "did you mean 'nightly-001', 'nightly-002'" in cli("stats", "nightly-01", db=db).stderr
+
+
 @pytest.mark.parametrize("kind", ["missing", "folder", "garbage", "empty-sqlite"])
 def test_a_missing_or_damaged_history_is_one_clear_line(kind: str, tmp_path: Path) -> None:
     db = tmp_path / "history.db"

@@ -436,6 +436,10 @@ async def test_history_reads_check_their_arguments_at_the_call(db: Path) -> None
         (lambda h: h.runs(status="done"), ValueError, "status must be one of running, finished, "
                                                       "failed, cancelled, interrupted; got 'done'"),
         (lambda h: h.runs(status=1), TypeError, "status must be a str or None, got int 1"),
+        (lambda h: h.batch_ids("2"), TypeError, "limit must be an int, got str '2'"),
+        (lambda h: h.batch_ids_around(b"job", 2), TypeError, "batch_id must be a str, got bytes"),
+        (lambda h: h.batch_ids_around("job", -1), ValueError,
+         "n must be from 0 to 2**63 - 1, got -1"),
         (lambda h: h.get(["x"]), TypeError, "batch_id must be a str, got list ['x']"),
         (lambda h: h.slowest("job-args", 1.5), TypeError, "n must be an int, got float 1.5"),
         (lambda h: h.slowest("job-args", "3"), TypeError, "n must be an int, got str '3'"),
@@ -482,6 +486,22 @@ async def test_runs_are_filtered_by_the_status_they_show_and_read_without_state_
         assert full[0].state["total_files"] == 5
         assert light[0].state == {}
         assert light[0].summary == full[0].summary
+
+
+@pytest.mark.asyncio
+async def test_batch_ids_are_read_most_recent_first_or_around_an_id_in_sorted_order(
+        db: Path) -> None:
+    for batch_id in ("b-2", "a-1", "b-10", "b-1", "c-1", "b-1%_"):
+        async with BatchMetrics(batch_id, store=db):
+            pass
+    with History(db) as history:
+        assert history.batch_ids() == ["b-1%_", "c-1", "b-1", "b-10", "a-1", "b-2"]
+        assert history.batch_ids(2) == ["b-1%_", "c-1"]
+        # unknown "b-11": the ids sharing its longest prefix sort next to it
+        assert history.batch_ids_around("b-11", 2) == ["b-1%_", "b-10", "b-2", "c-1"]
+        assert history.batch_ids_around("b-1", 1) == ["a-1", "b-1"]
+        assert history.batch_ids_around("zz", 2) == ["b-2", "c-1"]
+        assert history.batch_ids_around("b-1", 0) == []
 
 
 def test_history_path_is_checked_like_a_store_path(tmp_path: Path) -> None:

@@ -240,15 +240,24 @@ def open_history(args: argparse.Namespace) -> History:
         raise CliError(f"{exc}{hint}") from None
 
 
+#: How many batch ids an unknown one is compared with: every one in a history this
+#: small; in a larger one, as many of the most recent and of those sorting next to it
+#: (which share its longest prefixes).
+_SUGGEST_FROM = 1000
+
+
 def get_run(history: History, batch_id: str) -> StoredRun:
     """The run, or exit 2 naming the closest batch ids."""
     run = history.get(batch_id)
     if run is not None:
         return run
-    ids = history.batch_ids()
+    ids = history.batch_ids(_SUGGEST_FROM + 1)
     if not ids:
         raise CliError(f"no batch {batch_id!r} in {history.path}: the history is empty")
-    close = difflib.get_close_matches(batch_id, ids, n=3, cutoff=0.5)
+    candidates = set(ids)
+    if len(ids) > _SUGGEST_FROM:  # a large history: difflib over every id takes seconds
+        candidates.update(history.batch_ids_around(batch_id, _SUGGEST_FROM // 2))
+    close = difflib.get_close_matches(batch_id, candidates, n=3, cutoff=0.5)
     if close:
         hint = "did you mean " + ", ".join(repr(i) for i in close) + "?"
     else:

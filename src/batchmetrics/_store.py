@@ -1047,9 +1047,25 @@ class History:
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE batch_id = ?", (batch_id,))
         return self._run(rows[0], time.time()) if rows else None
 
-    def batch_ids(self) -> list[str]:
-        """Every batch id, the most recent first."""
-        return [row[0] for row in self._query("SELECT batch_id FROM runs ORDER BY id DESC")]
+    def batch_ids(self, limit: int | None = None) -> list[str]:
+        """Every batch id (at most ``limit``), the most recent first."""
+        sql, params = "SELECT batch_id FROM runs ORDER BY id DESC", list[Any]()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(_check_rows(limit, "limit"))
+        return [row[0] for row in self._query(sql, params)]
+
+    def batch_ids_around(self, batch_id: str, n: int) -> list[str]:
+        """Up to ``n`` batch ids sorting before ``batch_id`` and ``n`` from it on (in code
+        point order): among them, those sharing its longest prefixes. Read from the batch
+        id index, whatever the size of the history."""
+        _check_batch_id(batch_id)
+        n = _check_rows(n, "n")
+        before = self._query("SELECT batch_id FROM runs WHERE batch_id < ? "
+                             "ORDER BY batch_id DESC LIMIT ?", (batch_id, n))
+        after = self._query("SELECT batch_id FROM runs WHERE batch_id >= ? "
+                            "ORDER BY batch_id LIMIT ?", (batch_id, n))
+        return [row[0] for row in reversed(before)] + [row[0] for row in after]
 
     def files(self, batch_id: str, *, status: str | None = None) -> Iterator[FileRecord]:
         """The stored per-file rows of a run, in the order they were aggregated.
