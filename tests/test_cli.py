@@ -213,6 +213,28 @@ def test_list_status_reads_only_the_runs_it_lists(tmp_path: Path) -> None:
     assert err.startswith(f"batchmetrics: run 'old-finished' in {db} is damaged: ")
 
 
+def test_list_watch_and_stats_show_the_same_unrounded_wall_time(tmp_path: Path) -> None:
+    # list (and watch's line) showed the summary's duration, rounded to the millisecond
+    # (32.0 ms), while stats showed the run's own 32.4 ms
+    from .clock import FakeClock
+
+    db = tmp_path / "h.db"
+    clock = FakeClock(1.5e9)
+
+    async def build() -> None:
+        async with BatchMetrics("r", store=db, clock=clock) as m:
+            await m.record_file("a.wfm", duration=0.01)
+            clock.advance(0.0324)
+
+    anyio.run(build)
+    listed = cli("list", db=db).stdout.splitlines()
+    assert listed[2].split()[6:8] == ["32.4", "ms"], listed
+    (row,) = json.loads(cli("list", "--json", db=db).stdout)
+    assert row["duration_seconds"] == pytest.approx(0.0324, abs=1e-6)  # stamps near 1.5e9
+    assert re.search(r"wall time\s+32\.4 ms\n", cli("stats", "r", db=db).stdout)
+    assert cli("watch", "r", db=db).stdout.splitlines()[0].endswith("| 32.4 ms")
+
+
 def test_db_option_is_accepted_after_the_command_too(
         history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
     db, _ = history

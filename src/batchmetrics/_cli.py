@@ -276,6 +276,17 @@ def run_summary(run: StoredRun) -> BatchMetricsSummary:
     return agg.to_summary(run.batch_id, now=now, state=run.status)
 
 
+def wall_time(run: StoredRun) -> float:
+    """A run's wall time as ``stats`` shows it, without its state: end minus start from
+    its stamps (the summary's is rounded to the millisecond); the summary's while it has
+    no end (``stats`` then measures to its last checkpoint, which is the same)."""
+    start, end = run.started_at, run.finished_at
+    if is_finite_number(start) and is_finite_number(end):
+        return float(end - start)  # type: ignore[operator]  # both numbers, checked
+    duration: float = run.summary["timing"]["total_duration_seconds"]  # checked when read
+    return duration
+
+
 def checkpoint_time(run: StoredRun) -> float:
     """When a run's last checkpoint was taken, on the run's own clock: its stamps do
     not follow a step of the system clock, which ``updated_at`` (system time) does."""
@@ -385,7 +396,7 @@ def _list_row(run: StoredRun) -> dict[str, Any]:
         "started_at": run.started_at if is_finite_number(run.started_at) else None,
         "total_files": s["total_files"],
         "error_rate_percent": s["errors"]["rate_percent"],
-        "duration_seconds": s["timing"]["total_duration_seconds"],
+        "duration_seconds": wall_time(run),
         "files_per_second": s["throughput"]["files_per_second"],
     }
 
@@ -548,7 +559,7 @@ def watch_line(run: StoredRun) -> str:
         files += f"/{fmt_int(progress['total_files'])}"
         if run.status == "running" and progress.get("eta_seconds") is not None:
             eta = f" | ETA {fmt_seconds(progress['eta_seconds'])}"
-    wall = fmt_seconds(s["timing"]["total_duration_seconds"])
+    wall = fmt_seconds(wall_time(run))
     if progress:
         files += f" files ({progress['percent']:.1f}%)"
     else:
