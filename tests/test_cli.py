@@ -449,6 +449,40 @@ def test_watch_follows_a_running_batch_until_it_ends(tmp_path: Path) -> None:
     assert "Batch live-run" in result.stdout
 
 
+# -- merge ----------------------------------------------------------------------------------------
+
+
+def test_merge_refuses_to_write_over_one_of_its_inputs(tmp_path: Path) -> None:
+    # `merge part-1.json -o part-1.json` replaced the export (summary, files, state) with
+    # the merge (summary, state), exit 0
+    async def export() -> None:
+        for k in range(2):
+            async with BatchMetrics(f"part-{k}", store_files=True) as m:
+                await record_run(m, 30, seed=k)
+            await m.export_json(tmp_path / f"part-{k}.json")
+
+    anyio.run(export)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.json").symlink_to(tmp_path / "part-1.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("part-*.json")}
+    for inputs, output in ((["part-1.json"], "part-1.json"),
+                           (["part-0.json", "part-1.json"], "part-1.json"),
+                           ([str(tmp_path / "part-1.json")], "sub/../part-1.json"),
+                           (["part-0.json", "part-1.json"], "link.json"),
+                           (["link.json"], str(tmp_path / "part-1.json"))):
+        result = cli("merge", *inputs, "-o", output, cwd=tmp_path)
+        assert result.returncode == 2, (inputs, output, result.stderr)
+        assert result.stdout == ""
+        assert result.stderr == (f"batchmetrics: cannot write {output}: it is the input "
+                                 f"{inputs[-1]}; choose another -o\n"), result.stderr
+        assert {p.name: p.read_bytes() for p in tmp_path.glob("part-*.json")} == before
+        assert (tmp_path / "link.json").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "part-0.json",
+                                                          "part-1.json", "sub"]  # no temp
+    fine = cli("merge", "part-0.json", "part-1.json", "-o", "total.json", cwd=tmp_path)
+    assert fine.returncode == 0, fine.stderr
+
+
 # -- demo -----------------------------------------------------------------------------------------
 
 

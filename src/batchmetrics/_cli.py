@@ -658,7 +658,25 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
+def _check_not_an_input(output: str, inputs: Sequence[str]) -> None:
+    """Exit 2 when ``output`` is one of ``inputs``, by any path (a link, ``..``, relative):
+    the merge would replace what it read."""
+    try:
+        target = os.stat(output)
+    except OSError:
+        return  # not there yet (or not reachable: writing it says why)
+    for path in inputs:
+        try:
+            same = os.path.samestat(target, os.stat(path))
+        except OSError:
+            continue  # reading it says why
+        if same:
+            raise CliError(f"cannot write {output}: it is the input {path}; choose another -o")
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
+    if args.output not in (None, "-"):
+        _check_not_an_input(args.output, args.inputs)
     states = [_read_state(p) for p in args.inputs]
     first_with: dict[str, int] = {}
     for i, (path, (_, state)) in enumerate(zip(args.inputs, states, strict=True)):
@@ -847,7 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "summary and state, as if one batch had seen every file.")
     p.add_argument("inputs", nargs="+", metavar="FILE.json")
     p.add_argument("-o", "--output", type=_non_empty, metavar="OUT.json",
-                   help="write here (atomically); default: standard output")
+                   help="write here (atomically; not one of the inputs); default: standard "
+                        "output")
     p.add_argument("--batch-id", type=_non_empty,
                    help="the merged batch id (default: the inputs' ids joined with +)")
     p.set_defaults(func=cmd_merge)
