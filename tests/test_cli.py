@@ -316,7 +316,8 @@ def test_files_matching_none_of_the_stored_rows_is_an_empty_answer(tmp_path: Pat
             assert result.stdout == ""
         else:
             assert result.stdout.splitlines()[0].split() == ["FILE", "STATUS", "DURATION",
-                                                             "SAMPLES", "BYTES", "ERROR"]
+                                                             "SAMPLES", "BYTES",
+                                                             "ERROR/REASON"]
             assert len(result.stdout.splitlines()) == 2  # the header and its rule
 
 
@@ -519,6 +520,68 @@ def test_demo_without_rich_shows_progress_as_log_lines(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "finished: batch plain: 30/30 (100.0%) files" in result.stderr  # a duplicate among them
     assert "Batch plain" in result.stdout
+
+
+# -- wording and alignment ----------------------------------------------------------------------
+
+
+def test_counts_of_one_are_singular(tmp_path: Path) -> None:
+    # "1 errors" in watch's line, "merged 1 states (1 files)"
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("one", store=db) as m:
+            await m.record_error("a.wfm", "OSError", "gone", duration=0.01)
+        await m.export_json(tmp_path / "one.json")
+
+    anyio.run(build)
+    line = cli("watch", "one", db=db).stdout.splitlines()[0]
+    assert line.startswith("one: finished | 1 file | "), line
+    assert " | 1 error, 0 skipped | " in line, line
+    merged = cli("merge", tmp_path / "one.json", "-o", tmp_path / "out.json")
+    assert merged.stderr == f"merged 1 state (1 file) into {tmp_path / 'out.json'}\n"
+
+
+def test_files_heads_its_last_column_for_errors_and_skip_reasons_alike(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    # a skip's reason was shown under ERROR
+    db, _ = history
+    lines = cli("files", "nightly-001", db=db).stdout.splitlines()
+    assert lines[0].split()[-1] == "ERROR/REASON"
+    assert lines[0].index("ERROR/REASON") == lines[2 + 7].index("duplicate")  # f0007, a skip
+    assert lines[2 + 7].split()[:2] == ["f0007.wfm", "skipped"]
+
+
+def test_stats_right_aligns_the_slowest_files_durations(tmp_path: Path) -> None:
+    # left-aligned, a shorter duration shifted the status after it
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("r", store=db) as m:
+            for name, duration in (("a.wfm", 1.5), ("b.wfm", 0.25), ("c.wfm", 0.009)):
+                await m.record_file(name, duration=duration)
+            await m.record_error("d.wfm", "OSError", "gone", duration=0.0005)
+
+    anyio.run(build)
+    out = cli("stats", "r", db=db).stdout.splitlines()
+    slowest = out[out.index("Slowest files") + 1:]
+    assert [line.split()[0] for line in slowest] == ["a.wfm", "b.wfm", "c.wfm", "d.wfm"]
+    assert len({line.index("s  ") for line in slowest}) == 1, slowest  # the unit's end
+    assert len({line.rindex("  ") for line in slowest}) == 1, slowest  # the status's start
+
+
+def test_compare_prints_no_empty_column_and_no_negative_zero(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    # without a regression the table ended in an empty column (a trailing rule of
+    # spaces); the same runs' files/s was worse by -0.0 percent in the JSON
+    db, _ = history
+    for gate in ([], ["--fail-on-regression", "1000"]):
+        text = cli("compare", "nightly-001", "nightly-002", *gate, db=db).stdout.splitlines()
+        assert [line for line in text if line != line.rstrip()] == [], text
+        assert text[0].split()[-1] == "CHANGE"
+    report = json.loads(cli("compare", "nightly-001", "nightly-001", "--json", db=db).stdout)
+    worse = [str(m["worse_percent"]) for m in report["measures"]]
+    assert worse == ["0.0"] * len(worse), worse  # str: -0.0 == 0.0
 
 
 # -- errors for people ---------------------------------------------------------------------------

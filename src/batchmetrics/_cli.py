@@ -64,6 +64,11 @@ def fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def fmt_count(n: int, word: str) -> str:
+    """``1 file``, ``2 files``: a count and its noun, plural unless one."""
+    return f"{fmt_int(n)} {word}{'' if n == 1 else 's'}"
+
+
 def fmt_seconds(s: float) -> str:
     """A duration for people: ``850 µs``, ``12.3 ms``, ``4.56 s``, ``3m 05s``, ``2h 03m``."""
     if s <= 0:
@@ -366,8 +371,11 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
             for etype, count in sorted(s.errors.by_type.items(), key=lambda kv: -kv[1])
         ], out)
     if s.slowest_files:
+        slowest = [(f.filename, fmt_seconds(f.duration), f.status) for f in s.slowest_files[:5]]
+        width = max(display_width(duration) for _, duration, _ in slowest)
         print_pairs("Slowest files", [
-            (f.filename, f"{fmt_seconds(f.duration)}  {f.status}") for f in s.slowest_files[:5]
+            (name, f"{_pad(duration, width, right=True)}  {status}")
+            for name, duration, status in slowest
         ], out)
 
 
@@ -453,7 +461,7 @@ def cmd_files(args: argparse.Namespace) -> int:
                 print(file_row_json(tuple(r)))  # type: ignore[arg-type]  # same layout
             return 0
         print_table(
-            ["FILE", "STATUS", "DURATION", "SAMPLES", "BYTES", "ERROR"],
+            ["FILE", "STATUS", "DURATION", "SAMPLES", "BYTES", "ERROR/REASON"],
             ([r.filename, STATUS_NAMES[r.status_code], fmt_seconds(r.duration),
               fmt_int(r.samples), fmt_int(r.bytes_processed),
               ": ".join(x for x in (r.error_type, r.error_message) if x)] for r in records),
@@ -498,8 +506,9 @@ def percent_change(a: float, b: float) -> float | None:
 
 
 def worse_by(m: Measure, change: float | None) -> float:
-    """How much worse ``b`` is than ``a`` in percent (negative: better)."""
-    if change is None:
+    """How much worse ``b`` is than ``a`` in percent (negative: better; no change is 0.0,
+    not -0.0)."""
+    if change is None or change == 0:
         return 0.0
     return -change if m.higher_is_better else change
 
@@ -533,8 +542,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           "fail_on_regression": args.fail_on_regression,
                           "regressions": regressions}, indent=2, allow_nan=False))
     else:
-        print_table(["", run_a.batch_id, run_b.batch_id, "CHANGE",
-                     "REGRESSION" if regressions else ""], rows, right=(1, 2, 3))
+        # the REGRESSION column only when it has something to show
+        headers = ["", run_a.batch_id, run_b.batch_id, "CHANGE", "REGRESSION"]
+        if not regressions:
+            headers, rows = headers[:-1], [row[:-1] for row in rows]
+        print_table(headers, rows, right=(1, 2, 3))
         for run in (run_a, run_b):
             if run.status != "finished":
                 print(f"note: {one_line(run.batch_id)} is {run.status}", file=sys.stderr)
@@ -553,20 +565,18 @@ def watch_line(run: StoredRun) -> str:
     s = run.summary
     t = s["throughput"]
     progress = s.get("progress")
-    files = fmt_int(s["total_files"])
     eta = ""
-    if progress:
-        files += f"/{fmt_int(progress['total_files'])}"
+    if progress:  # "3/200 files": the noun goes with the total
+        files = f"{fmt_int(s['total_files'])}/{fmt_count(progress['total_files'], 'file')}"
+        files += f" ({progress['percent']:.1f}%)"
         if run.status == "running" and progress.get("eta_seconds") is not None:
             eta = f" | ETA {fmt_seconds(progress['eta_seconds'])}"
-    wall = fmt_seconds(wall_time(run))
-    if progress:
-        files += f" files ({progress['percent']:.1f}%)"
     else:
-        files += " files"
+        files = fmt_count(s["total_files"], "file")
+    wall = fmt_seconds(wall_time(run))
     return (f"{one_line(run.batch_id)}: {run.status} | {files} | "
             f"{fmt_rate(t.get('recent_files_per_second', 0.0))} files/s now, "
-            f"{fmt_rate(t['files_per_second'])} overall | {fmt_int(s['error_count'])} errors, "
+            f"{fmt_rate(t['files_per_second'])} overall | {fmt_count(s['error_count'], 'error')}, "
             f"{fmt_int(s['skip_count'])} skipped | {wall}{eta}")
 
 
@@ -706,8 +716,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         write_atomic(args.output, text + "\n")
     except OSError as exc:
         raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
-    print(f"merged {len(states)} states ({fmt_int(agg.total_files)} files) into {args.output}",
-          file=sys.stderr)
+    print(f"merged {fmt_count(len(states), 'state')} ({fmt_count(agg.total_files, 'file')}) "
+          f"into {args.output}", file=sys.stderr)
     return 0
 
 
