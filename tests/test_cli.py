@@ -484,6 +484,47 @@ def test_merge_refuses_to_write_over_one_of_its_inputs(tmp_path: Path) -> None:
     assert fine.returncode == 0, fine.stderr
 
 
+def test_watch_wait_follows_a_batch_that_starts_after_it(tmp_path: Path) -> None:
+    # a watcher could not be started before its batch: "no batch", exit 2 at once
+    db = tmp_path / "later.db"  # not made yet either
+
+    async def build() -> None:
+        async with BatchMetrics("later", store=db) as m:
+            await record_run(m, 20)
+
+    with subprocess.Popen([str(SCRIPT), "--db", str(db), "watch", "later", "--wait", "60",
+                           "--interval", "0.1"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=clean_env()) as watcher:
+        try:
+            assert watcher.stderr is not None
+            assert watcher.stderr.readline() == (f"batchmetrics: no batch 'later' in {db} "
+                                                 "yet; waiting up to 60 s\n")
+            anyio.run(build)
+            out, err = watcher.communicate(timeout=60)
+        finally:
+            watcher.kill()
+    assert watcher.returncode == 0, err
+    assert "later: finished | 20 files" in out, out
+    assert "Batch later" in out
+
+
+def test_watch_wait_gives_up_with_the_usual_answer(
+        history: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path) -> None:
+    db, _ = history
+    late = cli("watch", "nightly-01", "--wait", "0.2", db=db)
+    assert late.returncode == 2
+    assert late.stdout == ""
+    assert late.stderr.splitlines() == [
+        f"batchmetrics: no batch 'nightly-01' in {db} yet; waiting up to 0.2 s",
+        f"batchmetrics: no batch 'nightly-01' in {db}; did you mean 'nightly-001', "
+        "'nightly-002'?"]
+    # a file that is there but no history is not waited for (else the timeout ends this)
+    (tmp_path / "garbage.db").write_bytes(b"not sqlite" * 500)
+    garbage = cli("watch", "x", "--wait", "600", db=tmp_path / "garbage.db", timeout=60)
+    assert garbage.returncode == 2
+    assert "is not a batchmetrics history" in garbage.stderr
+
+
 # -- demo -----------------------------------------------------------------------------------------
 
 

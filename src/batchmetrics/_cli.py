@@ -580,11 +580,63 @@ def watch_line(run: StoredRun) -> str:
             f"{fmt_int(s['skip_count'])} skipped | {wall}{eta}")
 
 
+#: Seconds between looks for a batch not there yet (``watch --wait``) without ``--interval``.
+_WAIT_POLL = 0.5
+
+
+class _Waiting:
+    """``watch --wait``: the deadline, the pause between looks, and one line on stderr."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.deadline = time.monotonic() + args.wait
+        self.said = False
+
+    def pause(self) -> bool:
+        """Say once that the batch is awaited, and sleep till the next look; ``False``
+        (without sleeping) once the time is up."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if not self.said:
+            self.said = True
+            print(f"batchmetrics: no batch {self.args.batch_id!r} in {db_path(self.args)} "
+                  f"yet; waiting up to {self.args.wait:g} s", file=sys.stderr, flush=True)
+        time.sleep(min(self.args.interval or _WAIT_POLL, left))
+        return True
+
+
+def _history_and_run(args: argparse.Namespace) -> tuple[History, StoredRun]:
+    """The history and the watched run; with ``--wait``, each waited for until it appears.
+
+    A history file not there yet is waited for (and then one its first batch is still
+    creating); one that is there but unreadable, or not a history, is an error at once.
+    """
+    waiting = _Waiting(args)
+    was_missing = False
+    while True:
+        try:
+            history = open_history(args)
+            break
+        except CliError:
+            was_missing = was_missing or not os.path.exists(db_path(args))
+            if not (was_missing and waiting.pause()):
+                raise
+    try:
+        run = history.get(args.batch_id)
+        while run is None and waiting.pause():
+            run = history.get(args.batch_id)
+        return history, run or get_run(history, args.batch_id)  # not there: exit 2
+    except BaseException:
+        history.close()
+        raise
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     out = sys.stdout
     tty = out.isatty()
-    with open_history(args) as history:
-        run = get_run(history, args.batch_id)
+    history, run = _history_and_run(args)
+    with history:
         interval = args.interval or min(max(run.interval, 0.1), 5.0)
         while True:
             # what to exit with if the reader goes away while this is written
@@ -867,6 +919,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("batch_id")
     p.add_argument("--interval", type=_non_negative_float,
                    help="seconds between polls (default: the run's checkpoint interval)")
+    p.add_argument("--wait", type=_non_negative_float, default=0.0, metavar="SECONDS",
+                   help="when the batch (or the history file) is not there yet, look again "
+                        f"every --interval (default {_WAIT_POLL:g} s) for up to this long "
+                        "before exiting 2; default 0: exit 2 at once")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("merge", help="combine exported states into one",
