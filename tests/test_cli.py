@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -166,6 +167,74 @@ def test_list_filters_limits_and_prints_json(
     assert row["files_per_second"] == s["throughput"]["files_per_second"]
 
 
+def test_list_status_reads_only_the_runs_it_lists(tmp_path: Path) -> None:
+    # --status loaded and parsed every run (summary and state) to filter in Python: a
+    # damaged run it would not list failed the listing, and a large history took seconds
+    db = tmp_path / "h.db"
+    ids = ["old-finished", "failed", "cancelled", "live", "dead", "stale", "new-finished"]
+
+    async def build() -> None:
+        for batch_id in ids:
+            async with BatchMetrics(batch_id, store=db) as m:
+                await record_run(m, 5)
+
+    anyio.run(build)
+    now = time.time()
+    with sqlite3.connect(db) as conn:
+        for batch_id, status, host, pid, updated in (
+                ("failed", "failed", None, None, None),
+                ("cancelled", "cancelled", None, None, None),
+                ("live", "running", "elsewhere", None, now),  # checkpoints still coming
+                ("dead", "running", socket.gethostname(), 2**22 + 12345, now),  # no process
+                ("stale", "running", "elsewhere", None, now - 3600)):  # checkpoints stopped
+            conn.execute("UPDATE runs SET status = ?, host = coalesce(?, host), "
+                         "pid = coalesce(?, pid), updated_at = coalesce(?, updated_at) "
+                         "WHERE batch_id = ?", (status, host, pid, updated, batch_id))
+        conn.execute("UPDATE runs SET state_json = '[' WHERE batch_id = 'failed'")
+        conn.execute("UPDATE runs SET summary_json = '{' WHERE batch_id = 'old-finished'")
+    conn.close()
+
+    def listed(*options: str) -> tuple[int, list[tuple[str, str]], str]:
+        result = cli("list", "--json", *options, db=db)
+        rows = json.loads(result.stdout)
+        return result.returncode, [(r["batch_id"], r["status"]) for r in rows], result.stderr
+
+    assert listed("--status", "running") == (0, [("live", "running")], "")
+    assert listed("--status", "interrupted") == (
+        0, [("stale", "interrupted"), ("dead", "interrupted")], "")
+    assert listed("--status", "interrupted", "-n", "1") == (0, [("stale", "interrupted")], "")
+    assert listed("--status", "cancelled") == (0, [("cancelled", "cancelled")], "")
+    # the listing does not use the state: a damaged one does not hide its run
+    assert listed("--status", "failed") == (0, [("failed", "failed")], "")
+    # the damaged old run is not read when the newest finished one is all that is asked
+    assert listed("--status", "finished", "-n", "1") == (0, [("new-finished", "finished")], "")
+    code, rows, err = listed("--status", "finished")
+    assert (code, rows) == (2, [("new-finished", "finished")])
+    assert err.startswith(f"batchmetrics: run 'old-finished' in {db} is damaged: ")
+
+
+def test_list_watch_and_stats_show_the_same_unrounded_wall_time(tmp_path: Path) -> None:
+    # list (and watch's line) showed the summary's duration, rounded to the millisecond
+    # (32.0 ms), while stats showed the run's own 32.4 ms
+    from .clock import FakeClock
+
+    db = tmp_path / "h.db"
+    clock = FakeClock(1.5e9)
+
+    async def build() -> None:
+        async with BatchMetrics("r", store=db, clock=clock) as m:
+            await m.record_file("a.wfm", duration=0.01)
+            clock.advance(0.0324)
+
+    anyio.run(build)
+    listed = cli("list", db=db).stdout.splitlines()
+    assert listed[2].split()[6:8] == ["32.4", "ms"], listed
+    (row,) = json.loads(cli("list", "--json", db=db).stdout)
+    assert row["duration_seconds"] == pytest.approx(0.0324, abs=1e-6)  # stamps near 1.5e9
+    assert re.search(r"wall time\s+32\.4 ms\n", cli("stats", "r", db=db).stdout)
+    assert cli("watch", "r", db=db).stdout.splitlines()[0].endswith("| 32.4 ms")
+
+
 def test_db_option_is_accepted_after_the_command_too(
         history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
     db, _ = history
@@ -247,7 +316,8 @@ def test_files_matching_none_of_the_stored_rows_is_an_empty_answer(tmp_path: Pat
             assert result.stdout == ""
         else:
             assert result.stdout.splitlines()[0].split() == ["FILE", "STATUS", "DURATION",
-                                                             "SAMPLES", "BYTES", "ERROR"]
+                                                             "SAMPLES", "BYTES",
+                                                             "ERROR/REASON"]
             assert len(result.stdout.splitlines()) == 2  # the header and its rule
 
 
@@ -380,6 +450,81 @@ def test_watch_follows_a_running_batch_until_it_ends(tmp_path: Path) -> None:
     assert "Batch live-run" in result.stdout
 
 
+# -- merge ----------------------------------------------------------------------------------------
+
+
+def test_merge_refuses_to_write_over_one_of_its_inputs(tmp_path: Path) -> None:
+    # `merge part-1.json -o part-1.json` replaced the export (summary, files, state) with
+    # the merge (summary, state), exit 0
+    async def export() -> None:
+        for k in range(2):
+            async with BatchMetrics(f"part-{k}", store_files=True) as m:
+                await record_run(m, 30, seed=k)
+            await m.export_json(tmp_path / f"part-{k}.json")
+
+    anyio.run(export)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.json").symlink_to(tmp_path / "part-1.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("part-*.json")}
+    for inputs, output in ((["part-1.json"], "part-1.json"),
+                           (["part-0.json", "part-1.json"], "part-1.json"),
+                           ([str(tmp_path / "part-1.json")], "sub/../part-1.json"),
+                           (["part-0.json", "part-1.json"], "link.json"),
+                           (["link.json"], str(tmp_path / "part-1.json"))):
+        result = cli("merge", *inputs, "-o", output, cwd=tmp_path)
+        assert result.returncode == 2, (inputs, output, result.stderr)
+        assert result.stdout == ""
+        assert result.stderr == (f"batchmetrics: cannot write {output}: it is the input "
+                                 f"{inputs[-1]}; choose another -o\n"), result.stderr
+        assert {p.name: p.read_bytes() for p in tmp_path.glob("part-*.json")} == before
+        assert (tmp_path / "link.json").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "part-0.json",
+                                                          "part-1.json", "sub"]  # no temp
+    fine = cli("merge", "part-0.json", "part-1.json", "-o", "total.json", cwd=tmp_path)
+    assert fine.returncode == 0, fine.stderr
+
+
+def test_watch_wait_follows_a_batch_that_starts_after_it(tmp_path: Path) -> None:
+    # a watcher could not be started before its batch: "no batch", exit 2 at once
+    db = tmp_path / "later.db"  # not made yet either
+
+    async def build() -> None:
+        async with BatchMetrics("later", store=db) as m:
+            await record_run(m, 20)
+
+    with subprocess.Popen([str(SCRIPT), "--db", str(db), "watch", "later", "--wait", "60",
+                           "--interval", "0.1"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=clean_env()) as watcher:
+        try:
+            assert watcher.stderr is not None
+            assert watcher.stderr.readline() == (f"batchmetrics: no batch 'later' in {db} "
+                                                 "yet; waiting up to 60 s\n")
+            anyio.run(build)
+            out, err = watcher.communicate(timeout=60)
+        finally:
+            watcher.kill()
+    assert watcher.returncode == 0, err
+    assert "later: finished | 20 files" in out, out
+    assert "Batch later" in out
+
+
+def test_watch_wait_gives_up_with_the_usual_answer(
+        history: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path) -> None:
+    db, _ = history
+    late = cli("watch", "nightly-01", "--wait", "0.2", db=db)
+    assert late.returncode == 2
+    assert late.stdout == ""
+    assert late.stderr.splitlines() == [
+        f"batchmetrics: no batch 'nightly-01' in {db} yet; waiting up to 0.2 s",
+        f"batchmetrics: no batch 'nightly-01' in {db}; did you mean 'nightly-001', "
+        "'nightly-002'?"]
+    # a file that is there but no history is not waited for (else the timeout ends this)
+    (tmp_path / "garbage.db").write_bytes(b"not sqlite" * 500)
+    garbage = cli("watch", "x", "--wait", "600", db=tmp_path / "garbage.db", timeout=60)
+    assert garbage.returncode == 2
+    assert "is not a batchmetrics history" in garbage.stderr
+
+
 # -- demo -----------------------------------------------------------------------------------------
 
 
@@ -418,6 +563,68 @@ def test_demo_without_rich_shows_progress_as_log_lines(tmp_path: Path) -> None:
     assert "Batch plain" in result.stdout
 
 
+# -- wording and alignment ----------------------------------------------------------------------
+
+
+def test_counts_of_one_are_singular(tmp_path: Path) -> None:
+    # "1 errors" in watch's line, "merged 1 states (1 files)"
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("one", store=db) as m:
+            await m.record_error("a.wfm", "OSError", "gone", duration=0.01)
+        await m.export_json(tmp_path / "one.json")
+
+    anyio.run(build)
+    line = cli("watch", "one", db=db).stdout.splitlines()[0]
+    assert line.startswith("one: finished | 1 file | "), line
+    assert " | 1 error, 0 skipped | " in line, line
+    merged = cli("merge", tmp_path / "one.json", "-o", tmp_path / "out.json")
+    assert merged.stderr == f"merged 1 state (1 file) into {tmp_path / 'out.json'}\n"
+
+
+def test_files_heads_its_last_column_for_errors_and_skip_reasons_alike(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    # a skip's reason was shown under ERROR
+    db, _ = history
+    lines = cli("files", "nightly-001", db=db).stdout.splitlines()
+    assert lines[0].split()[-1] == "ERROR/REASON"
+    assert lines[0].index("ERROR/REASON") == lines[2 + 7].index("duplicate")  # f0007, a skip
+    assert lines[2 + 7].split()[:2] == ["f0007.wfm", "skipped"]
+
+
+def test_stats_right_aligns_the_slowest_files_durations(tmp_path: Path) -> None:
+    # left-aligned, a shorter duration shifted the status after it
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("r", store=db) as m:
+            for name, duration in (("a.wfm", 1.5), ("b.wfm", 0.25), ("c.wfm", 0.009)):
+                await m.record_file(name, duration=duration)
+            await m.record_error("d.wfm", "OSError", "gone", duration=0.0005)
+
+    anyio.run(build)
+    out = cli("stats", "r", db=db).stdout.splitlines()
+    slowest = out[out.index("Slowest files") + 1:]
+    assert [line.split()[0] for line in slowest] == ["a.wfm", "b.wfm", "c.wfm", "d.wfm"]
+    assert len({line.index("s  ") for line in slowest}) == 1, slowest  # the unit's end
+    assert len({line.rindex("  ") for line in slowest}) == 1, slowest  # the status's start
+
+
+def test_compare_prints_no_empty_column_and_no_negative_zero(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    # without a regression the table ended in an empty column (a trailing rule of
+    # spaces); the same runs' files/s was worse by -0.0 percent in the JSON
+    db, _ = history
+    for gate in ([], ["--fail-on-regression", "1000"]):
+        text = cli("compare", "nightly-001", "nightly-002", *gate, db=db).stdout.splitlines()
+        assert [line for line in text if line != line.rstrip()] == [], text
+        assert text[0].split()[-1] == "CHANGE"
+    report = json.loads(cli("compare", "nightly-001", "nightly-001", "--json", db=db).stdout)
+    worse = [str(m["worse_percent"]) for m in report["measures"]]
+    assert worse == ["0.0"] * len(worse), worse  # str: -0.0 == 0.0
+
+
 # -- errors for people ---------------------------------------------------------------------------
 
 
@@ -433,6 +640,26 @@ def test_an_unknown_batch_id_exits_2_naming_the_closest(
     far = cli("stats", "zzz", db=db)
     assert far.returncode == 2
     assert "the most recent are 'adhoc-failed'" in far.stderr
+
+
+def test_an_unknown_batch_id_in_a_large_history_still_names_the_closest(
+        history: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path) -> None:
+    # the suggestions compared the id with every batch id in the history (seconds for
+    # tens of thousands); in a large one they come from the most recent ids and those
+    # sorting next to the unknown one
+    db = tmp_path / "h.db"
+    db.write_bytes(history[0].read_bytes())
+    with sqlite3.connect(db) as conn:  # copies of a real run, the close one far back
+        columns = [c for _, c, *_ in conn.execute("PRAGMA table_info(runs)") if c != "id"]
+        copy = ", ".join(c if c != "batch_id" else "?" for c in columns)
+        conn.executemany(f"INSERT INTO runs ({', '.join(columns)}) SELECT {copy} FROM runs "
+                         "WHERE batch_id = 'adhoc-failed'",
+                         [(f"daily-{i:05d}",) for i in range(1200)])
+    conn.close()
+    result = cli("stats", "daily-00123x", db=db)
+    assert result.returncode == 2
+    assert "did you mean 'daily-00123', " in result.stderr, result.stderr
+    assert "did you mean 'nightly-001', 'nightly-002'" in cli("stats", "nightly-01", db=db).stderr
 
 
 @pytest.mark.parametrize("kind", ["missing", "folder", "garbage", "empty-sqlite"])
@@ -572,6 +799,10 @@ def test_a_run_with_a_damaged_summary_or_state_is_one_clear_line(
     for command in (["list"], ["list", "--json"], ["stats", "r"], ["stats", "--json", "r"],
                     ["watch", "r"]):
         result = cli(*command, db=db)
+        if command[0] == "list" and column == "state_json":  # a listing does not read it
+            assert (result.returncode, result.stderr) == (0, ""), command
+            assert re.search(r'^r  |"batch_id": "r"', result.stdout, re.M), result.stdout
+            continue
         assert result.returncode == 2, (command, result.stderr)
         assert result.stderr == f"batchmetrics: run 'r' in {db} is damaged: {problem}\n"
         # one damaged run does not hide the others
@@ -749,6 +980,21 @@ def test_a_reader_gone_away_stops_the_output_quietly_keeping_the_exit_code(
     # 120; and the regression gate's 1 used to become 0
     assert [code for code, _ in results] == [0, 0, 1]
     assert all(err == "" or err.startswith("regression beyond") for _, err in results), results
+
+
+def test_watch_with_a_reader_gone_away_exits_with_the_runs_outcome_else_141(
+        history: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path) -> None:
+    # `watch failed1 | head -1` exited 0 or 1 by how fast head left: the code was decided
+    # only after the summary was printed
+    db = tmp_path / "h.db"
+    db.write_bytes(history[0].read_bytes())
+    with sqlite3.connect(db) as conn:  # a run still going on another host: outcome unknown
+        conn.execute("UPDATE runs SET status = 'running', host = 'elsewhere', updated_at = ? "
+                     "WHERE batch_id = 'nightly-002'", (time.time(),))
+    conn.close()
+    results = _commands_with_a_closed_reader(
+        db, ["watch", "adhoc-failed"], ["watch", "nightly-001"], ["watch", "nightly-002"])
+    assert results == [(1, ""), (0, ""), (141, "")]
 
 
 def test_damaged_start_times_are_shown_not_tripped_over(tmp_path: Path) -> None:

@@ -454,6 +454,13 @@ async def test_history_reads_check_their_arguments_at_the_call(db: Path) -> None
         (lambda h: h.runs(2**63), ValueError,
          "limit must be from 0 to 2**63 - 1, got 9223372036854775808"),
         (lambda h: h.runs(damaged=()), TypeError, "damaged must be a list or None, got tuple"),
+        (lambda h: h.runs(status="done"), ValueError, "status must be one of running, finished, "
+                                                      "failed, cancelled, interrupted; got 'done'"),
+        (lambda h: h.runs(status=1), TypeError, "status must be a str or None, got int 1"),
+        (lambda h: h.batch_ids("2"), TypeError, "limit must be an int, got str '2'"),
+        (lambda h: h.batch_ids_around(b"job", 2), TypeError, "batch_id must be a str, got bytes"),
+        (lambda h: h.batch_ids_around("job", -1), ValueError,
+         "n must be from 0 to 2**63 - 1, got -1"),
         (lambda h: h.get(["x"]), TypeError, "batch_id must be a str, got list ['x']"),
         (lambda h: h.slowest("job-args", 1.5), TypeError, "n must be an int, got float 1.5"),
         (lambda h: h.slowest("job-args", "3"), TypeError, "n must be an int, got str '3'"),
@@ -472,6 +479,50 @@ async def test_history_reads_check_their_arguments_at_the_call(db: Path) -> None
         assert len(history.slowest("job-args", numpy_n)) == 3
         assert len(history.runs(numpy_n)) == 1
         assert len(history.slowest("job-args", 2**63 - 1)) == 30
+
+
+@pytest.mark.asyncio
+async def test_runs_are_filtered_by_the_status_they_show_and_read_without_state_on_request(
+        db: Path) -> None:
+    for batch_id in ("a", "b", "c", "d"):
+        async with BatchMetrics(batch_id, store=db) as m:
+            await record_mixed(m, 5)
+    conn = sqlite3.connect(db)
+    with conn:  # b's process is gone (a pid above any pid_max), d still checkpoints elsewhere
+        conn.execute("UPDATE runs SET status = 'running', pid = ? WHERE batch_id = 'b'",
+                     (2**22 + 12345,))
+        conn.execute("UPDATE runs SET status = 'running', host = 'far', updated_at = ? "
+                     "WHERE batch_id = 'd'", (time.time(),))
+    conn.close()
+    with History(db) as history:
+        def ids(**options: Any) -> list[tuple[str, str]]:
+            return [(r.batch_id, r.status) for r in history.runs(**options)]
+
+        assert ids(status="finished") == [("c", "finished"), ("a", "finished")]
+        assert ids(status="finished", limit=1) == [("c", "finished")]
+        assert ids(status="interrupted") == [("b", "interrupted")]
+        assert ids(status="running") == [("d", "running")]
+        assert ids(status="failed") == []
+        full, light = history.runs(1), history.runs(1, with_state=False)
+        assert full[0].state["total_files"] == 5
+        assert light[0].state == {}
+        assert light[0].summary == full[0].summary
+
+
+@pytest.mark.asyncio
+async def test_batch_ids_are_read_most_recent_first_or_around_an_id_in_sorted_order(
+        db: Path) -> None:
+    for batch_id in ("b-2", "a-1", "b-10", "b-1", "c-1", "b-1%_"):
+        async with BatchMetrics(batch_id, store=db):
+            pass
+    with History(db) as history:
+        assert history.batch_ids() == ["b-1%_", "c-1", "b-1", "b-10", "a-1", "b-2"]
+        assert history.batch_ids(2) == ["b-1%_", "c-1"]
+        # unknown "b-11": the ids sharing its longest prefix sort next to it
+        assert history.batch_ids_around("b-11", 2) == ["b-1%_", "b-10", "b-2", "c-1"]
+        assert history.batch_ids_around("b-1", 1) == ["a-1", "b-1"]
+        assert history.batch_ids_around("zz", 2) == ["b-2", "c-1"]
+        assert history.batch_ids_around("b-1", 0) == []
 
 
 def test_history_path_is_checked_like_a_store_path(tmp_path: Path) -> None:

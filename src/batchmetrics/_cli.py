@@ -7,7 +7,9 @@ and a database thread would only add start-up time. Only ``demo`` runs async cod
 Exit codes: 0 done; 1 a regression (``compare --fail-on-regression``) or a
 watched run that did not finish well; 2 bad input (unknown batch, ``files`` of a
 run recorded without per-file rows, missing or damaged file); 130 interrupted by
-Ctrl-C.
+Ctrl-C; 141 (128 + SIGPIPE, as a shell reports a command its pipe ended) when the
+output's reader went away before ``watch`` knew the run's outcome. A reader that goes
+away once the exit code is known does not change it.
 """
 
 from __future__ import annotations
@@ -37,11 +39,14 @@ from ._aggregate import merge_states
 from ._events import STATUS_NAMES, FileRecord, is_finite_number
 from ._export import temp_name
 from ._render import json_text
-from ._store import MAX_ROWS, History, HistoryError, StoredRun
+from ._store import MAX_ROWS, RUN_STATUSES, History, HistoryError, StoredRun
 from ._summary import BatchMetricsSummary
 
 DEFAULT_DB = "batchmetrics.db"
 ENV_DB = "BATCHMETRICS_DB"
+
+#: The exit code when the output's reader goes away before the outcome is known.
+EXIT_READER_GONE = 128 + 13  # SIGPIPE
 
 
 class CliError(Exception):
@@ -57,6 +62,11 @@ class CliError(Exception):
 
 def fmt_int(n: int) -> str:
     return f"{n:,}"
+
+
+def fmt_count(n: int, word: str) -> str:
+    """``1 file``, ``2 files``: a count and its noun, plural unless one."""
+    return f"{fmt_int(n)} {word}{'' if n == 1 else 's'}"
 
 
 def fmt_seconds(s: float) -> str:
@@ -235,15 +245,24 @@ def open_history(args: argparse.Namespace) -> History:
         raise CliError(f"{exc}{hint}") from None
 
 
+#: How many batch ids an unknown one is compared with: every one in a history this
+#: small; in a larger one, as many of the most recent and of those sorting next to it
+#: (which share its longest prefixes).
+_SUGGEST_FROM = 1000
+
+
 def get_run(history: History, batch_id: str) -> StoredRun:
     """The run, or exit 2 naming the closest batch ids."""
     run = history.get(batch_id)
     if run is not None:
         return run
-    ids = history.batch_ids()
+    ids = history.batch_ids(_SUGGEST_FROM + 1)
     if not ids:
         raise CliError(f"no batch {batch_id!r} in {history.path}: the history is empty")
-    close = difflib.get_close_matches(batch_id, ids, n=3, cutoff=0.5)
+    candidates = set(ids)
+    if len(ids) > _SUGGEST_FROM:  # a large history: difflib over every id takes seconds
+        candidates.update(history.batch_ids_around(batch_id, _SUGGEST_FROM // 2))
+    close = difflib.get_close_matches(batch_id, candidates, n=3, cutoff=0.5)
     if close:
         hint = "did you mean " + ", ".join(repr(i) for i in close) + "?"
     else:
@@ -260,6 +279,17 @@ def run_summary(run: StoredRun) -> BatchMetricsSummary:
                        f"{exc}") from None
     now = checkpoint_time(run) if run.stored_status == "running" else None
     return agg.to_summary(run.batch_id, now=now, state=run.status)
+
+
+def wall_time(run: StoredRun) -> float:
+    """A run's wall time as ``stats`` shows it, without its state: end minus start from
+    its stamps (the summary's is rounded to the millisecond); the summary's while it has
+    no end (``stats`` then measures to its last checkpoint, which is the same)."""
+    start, end = run.started_at, run.finished_at
+    if is_finite_number(start) and is_finite_number(end):
+        return float(end - start)  # type: ignore[operator]  # both numbers, checked
+    duration: float = run.summary["timing"]["total_duration_seconds"]  # checked when read
+    return duration
 
 
 def checkpoint_time(run: StoredRun) -> float:
@@ -341,8 +371,11 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
             for etype, count in sorted(s.errors.by_type.items(), key=lambda kv: -kv[1])
         ], out)
     if s.slowest_files:
+        slowest = [(f.filename, fmt_seconds(f.duration), f.status) for f in s.slowest_files[:5]]
+        width = max(display_width(duration) for _, duration, _ in slowest)
         print_pairs("Slowest files", [
-            (f.filename, f"{fmt_seconds(f.duration)}  {f.status}") for f in s.slowest_files[:5]
+            (name, f"{_pad(duration, width, right=True)}  {status}")
+            for name, duration, status in slowest
         ], out)
 
 
@@ -371,7 +404,7 @@ def _list_row(run: StoredRun) -> dict[str, Any]:
         "started_at": run.started_at if is_finite_number(run.started_at) else None,
         "total_files": s["total_files"],
         "error_rate_percent": s["errors"]["rate_percent"],
-        "duration_seconds": s["timing"]["total_duration_seconds"],
+        "duration_seconds": wall_time(run),
         "files_per_second": s["throughput"]["files_per_second"],
     }
 
@@ -379,13 +412,11 @@ def _list_row(run: StoredRun) -> dict[str, Any]:
 def cmd_list(args: argparse.Namespace) -> int:
     damaged: list[HistoryError] = []
     with open_history(args) as history:
-        runs = history.runs(limit=None if args.status else args.limit, damaged=damaged)
+        runs = history.runs(args.limit, status=args.status, with_state=False, damaged=damaged)
     # The others are listed, the damaged ones named, and the exit code says so.
     for problem in damaged:
         print(f"batchmetrics: {problem}", file=sys.stderr)
     code = args.exit_code = 2 if damaged else 0  # also if the output's reader goes away
-    if args.status:
-        runs = [r for r in runs if r.status == args.status][: args.limit]
     rows = [_list_row(r) for r in runs]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -430,7 +461,7 @@ def cmd_files(args: argparse.Namespace) -> int:
                 print(file_row_json(tuple(r)))  # type: ignore[arg-type]  # same layout
             return 0
         print_table(
-            ["FILE", "STATUS", "DURATION", "SAMPLES", "BYTES", "ERROR"],
+            ["FILE", "STATUS", "DURATION", "SAMPLES", "BYTES", "ERROR/REASON"],
             ([r.filename, STATUS_NAMES[r.status_code], fmt_seconds(r.duration),
               fmt_int(r.samples), fmt_int(r.bytes_processed),
               ": ".join(x for x in (r.error_type, r.error_message) if x)] for r in records),
@@ -475,8 +506,9 @@ def percent_change(a: float, b: float) -> float | None:
 
 
 def worse_by(m: Measure, change: float | None) -> float:
-    """How much worse ``b`` is than ``a`` in percent (negative: better)."""
-    if change is None:
+    """How much worse ``b`` is than ``a`` in percent (negative: better; no change is 0.0,
+    not -0.0)."""
+    if change is None or change == 0:
         return 0.0
     return -change if m.higher_is_better else change
 
@@ -510,8 +542,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           "fail_on_regression": args.fail_on_regression,
                           "regressions": regressions}, indent=2, allow_nan=False))
     else:
-        print_table(["", run_a.batch_id, run_b.batch_id, "CHANGE",
-                     "REGRESSION" if regressions else ""], rows, right=(1, 2, 3))
+        # the REGRESSION column only when it has something to show
+        headers = ["", run_a.batch_id, run_b.batch_id, "CHANGE", "REGRESSION"]
+        if not regressions:
+            headers, rows = headers[:-1], [row[:-1] for row in rows]
+        print_table(headers, rows, right=(1, 2, 3))
         for run in (run_a, run_b):
             if run.status != "finished":
                 print(f"note: {one_line(run.batch_id)} is {run.status}", file=sys.stderr)
@@ -530,30 +565,83 @@ def watch_line(run: StoredRun) -> str:
     s = run.summary
     t = s["throughput"]
     progress = s.get("progress")
-    files = fmt_int(s["total_files"])
     eta = ""
-    if progress:
-        files += f"/{fmt_int(progress['total_files'])}"
+    if progress:  # "3/200 files": the noun goes with the total
+        files = f"{fmt_int(s['total_files'])}/{fmt_count(progress['total_files'], 'file')}"
+        files += f" ({progress['percent']:.1f}%)"
         if run.status == "running" and progress.get("eta_seconds") is not None:
             eta = f" | ETA {fmt_seconds(progress['eta_seconds'])}"
-    wall = fmt_seconds(s["timing"]["total_duration_seconds"])
-    if progress:
-        files += f" files ({progress['percent']:.1f}%)"
     else:
-        files += " files"
+        files = fmt_count(s["total_files"], "file")
+    wall = fmt_seconds(wall_time(run))
     return (f"{one_line(run.batch_id)}: {run.status} | {files} | "
             f"{fmt_rate(t.get('recent_files_per_second', 0.0))} files/s now, "
-            f"{fmt_rate(t['files_per_second'])} overall | {fmt_int(s['error_count'])} errors, "
+            f"{fmt_rate(t['files_per_second'])} overall | {fmt_count(s['error_count'], 'error')}, "
             f"{fmt_int(s['skip_count'])} skipped | {wall}{eta}")
+
+
+#: Seconds between looks for a batch not there yet (``watch --wait``) without ``--interval``.
+_WAIT_POLL = 0.5
+
+
+class _Waiting:
+    """``watch --wait``: the deadline, the pause between looks, and one line on stderr."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.deadline = time.monotonic() + args.wait
+        self.said = False
+
+    def pause(self) -> bool:
+        """Say once that the batch is awaited, and sleep till the next look; ``False``
+        (without sleeping) once the time is up."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if not self.said:
+            self.said = True
+            print(f"batchmetrics: no batch {self.args.batch_id!r} in {db_path(self.args)} "
+                  f"yet; waiting up to {self.args.wait:g} s", file=sys.stderr, flush=True)
+        time.sleep(min(self.args.interval or _WAIT_POLL, left))
+        return True
+
+
+def _history_and_run(args: argparse.Namespace) -> tuple[History, StoredRun]:
+    """The history and the watched run; with ``--wait``, each waited for until it appears.
+
+    A history file not there yet is waited for (and then one its first batch is still
+    creating); one that is there but unreadable, or not a history, is an error at once.
+    """
+    waiting = _Waiting(args)
+    was_missing = False
+    while True:
+        try:
+            history = open_history(args)
+            break
+        except CliError:
+            was_missing = was_missing or not os.path.exists(db_path(args))
+            if not (was_missing and waiting.pause()):
+                raise
+    try:
+        run = history.get(args.batch_id)
+        while run is None and waiting.pause():
+            run = history.get(args.batch_id)
+        return history, run or get_run(history, args.batch_id)  # not there: exit 2
+    except BaseException:
+        history.close()
+        raise
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     out = sys.stdout
     tty = out.isatty()
-    with open_history(args) as history:
-        run = get_run(history, args.batch_id)
+    history, run = _history_and_run(args)
+    with history:
         interval = args.interval or min(max(run.interval, 0.1), 5.0)
         while True:
+            # what to exit with if the reader goes away while this is written
+            args.exit_code = EXIT_READER_GONE if run.status == "running" else \
+                _watch_outcome(run)
             line = watch_line(run)
             if tty:
                 out.write("\r\x1b[K" + line)
@@ -571,6 +659,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
         out.write("\n")
     print(file=out)
     render_stats(run, out)
+    return _watch_outcome(run)
+
+
+def _watch_outcome(run: StoredRun) -> int:
+    """``watch``'s exit code for a run that has ended: 0 finished, else 1."""
     return 0 if run.status == "finished" else 1
 
 
@@ -627,7 +720,25 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
+def _check_not_an_input(output: str, inputs: Sequence[str]) -> None:
+    """Exit 2 when ``output`` is one of ``inputs``, by any path (a link, ``..``, relative):
+    the merge would replace what it read."""
+    try:
+        target = os.stat(output)
+    except OSError:
+        return  # not there yet (or not reachable: writing it says why)
+    for path in inputs:
+        try:
+            same = os.path.samestat(target, os.stat(path))
+        except OSError:
+            continue  # reading it says why
+        if same:
+            raise CliError(f"cannot write {output}: it is the input {path}; choose another -o")
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
+    if args.output not in (None, "-"):
+        _check_not_an_input(args.output, args.inputs)
     states = [_read_state(p) for p in args.inputs]
     first_with: dict[str, int] = {}
     for i, (path, (_, state)) in enumerate(zip(args.inputs, states, strict=True)):
@@ -657,8 +768,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         write_atomic(args.output, text + "\n")
     except OSError as exc:
         raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
-    print(f"merged {len(states)} states ({fmt_int(agg.total_files)} files) into {args.output}",
-          file=sys.stderr)
+    print(f"merged {fmt_count(len(states), 'state')} ({fmt_count(agg.total_files, 'file')}) "
+          f"into {args.output}", file=sys.stderr)
     return 0
 
 
@@ -768,8 +879,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "duration, files/s. A run whose process died shows as "
                                    "interrupted.")
     p.add_argument("-n", "--limit", type=_row_count, default=20, help="how many (default 20)")
-    p.add_argument("--status", choices=["running", "finished", "failed", "cancelled",
-                                        "interrupted"], help="only runs with this status")
+    p.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_list)
 
@@ -803,10 +913,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Follow a run from another terminal: a live line every "
                                    "interval until the run ends, then its summary. Exits 0 "
                                    "when it finished, 1 when it failed, was cancelled or was "
-                                   "interrupted.")
+                                   "interrupted (also when the output's reader goes away, as "
+                                   "with | head), and 141 when the reader goes away while the "
+                                   "run is still going.")
     p.add_argument("batch_id")
     p.add_argument("--interval", type=_non_negative_float,
                    help="seconds between polls (default: the run's checkpoint interval)")
+    p.add_argument("--wait", type=_non_negative_float, default=0.0, metavar="SECONDS",
+                   help="when the batch (or the history file) is not there yet, look again "
+                        f"every --interval (default {_WAIT_POLL:g} s) for up to this long "
+                        "before exiting 2; default 0: exit 2 at once")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("merge", help="combine exported states into one",
@@ -815,7 +931,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "summary and state, as if one batch had seen every file.")
     p.add_argument("inputs", nargs="+", metavar="FILE.json")
     p.add_argument("-o", "--output", type=_non_empty, metavar="OUT.json",
-                   help="write here (atomically); default: standard output")
+                   help="write here (atomically; not one of the inputs); default: standard "
+                        "output")
     p.add_argument("--batch-id", type=_non_empty,
                    help="the merged batch id (default: the inputs' ids joined with +)")
     p.set_defaults(func=cmd_merge)

@@ -889,7 +889,8 @@ class StoredRun:
     ``cancelled`` or ``interrupted``); ``stored_status`` is the column as
     written. ``summary`` is ``BatchMetricsSummary.to_dict()`` of the last write
     (the final summary once the run has ended) and ``state`` the mergeable
-    aggregate state (``Aggregate.from_state``).
+    aggregate state (``Aggregate.from_state``), or ``{}`` for a run read by
+    ``History.runs(with_state=False)``.
     """
 
     batch_id: str
@@ -910,6 +911,12 @@ class StoredRun:
 
 _RUN_COLUMNS = ("batch_id, status, host, pid, interval, started_at, finished_at, updated_at, "
                 "expected_files, store_files, files_stored, summary_json, state_json")
+#: The same without the state (the largest column), read as ``'{}'``.
+_RUN_COLUMNS_NO_STATE = _RUN_COLUMNS.replace("state_json", "'{}'")
+
+#: The statuses ``History.runs(status=...)`` takes; ``interrupted`` is not stored (a
+#: reader derives it from a stored ``running``, see ``derive_status``).
+RUN_STATUSES: Final = ("running", "finished", "failed", "cancelled", "interrupted")
 
 
 class History:
@@ -965,7 +972,8 @@ class History:
         except sqlite3.DatabaseError as exc:
             raise HistoryError(f"cannot read {self.path}: {exc}") from exc
 
-    def _run(self, row: Sequence[Any], now: float) -> StoredRun:
+    def _run(self, row: Sequence[Any], now: float, shown: str | None = None) -> StoredRun:
+        """A run from a row of ``_RUN_COLUMNS``; ``shown``: its derived status, if known."""
         (batch_id, status, host, pid, interval, started, finished, updated, expected,
          store_files, files_stored, summary_json, state_json) = row
         try:
@@ -978,30 +986,62 @@ class History:
             raise HistoryError(f"run {batch_id!r} in {self.path} is damaged: {problem}")
         return StoredRun(
             batch_id=batch_id,
-            status=derive_status(status, host, pid, interval, updated, now, self._host),
+            status=shown or derive_status(status, host, pid, interval, updated, now, self._host),
             stored_status=status, host=host, pid=pid, interval=interval,
             started_at=started, finished_at=finished, updated_at=updated,
             expected_files=expected, store_files=bool(store_files),
             files_stored=files_stored, summary=summary, state=state)
 
-    def runs(self, limit: int | None = 20, *,
+    def runs(self, limit: int | None = 20, *, status: str | None = None,
+             with_state: bool = True,
              damaged: list[HistoryError] | None = None) -> list[StoredRun]:
-        """The most recently started runs first.
+        """The most recently started runs first; with ``status``, only those shown so.
 
+        Only the runs returned are read: the status is filtered in SQL (for
+        ``running`` and ``interrupted``, the stored ``running`` runs are told apart
+        from their liveness columns first). ``with_state=False`` leaves each run's
+        ``state`` out (``{}``): a listing does not need it, and it is the largest part.
         A damaged run raises ``HistoryError``; given a ``damaged`` list, it is left
         out and its error appended there instead.
         """
         if limit is not None:
             limit = _check_rows(limit, "limit")
+        if status is not None:
+            if not isinstance(status, str):
+                raise TypeError(f"status must be a str or None, got {type(status).__name__} "
+                                f"{status!r}")
+            if status not in RUN_STATUSES:
+                raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}; "
+                                 f"got {status!r}")
         if damaged is not None and not isinstance(damaged, list):
             raise TypeError(f"damaged must be a list or None, got {type(damaged).__name__}")
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id DESC"
-        rows = self._query(sql + " LIMIT ?", (limit,)) if limit is not None else self._query(sql)
+        columns = _RUN_COLUMNS if with_state else _RUN_COLUMNS_NO_STATE
         now = time.time()
+        shown: dict[int, str] = {}  # the derived status of the runs to read, by row id
+        where, params = "", list[Any]()
+        if status in ("running", "interrupted"):
+            for row_id, host, pid, interval, updated in self._query(
+                    "SELECT id, host, pid, interval, updated_at FROM runs "
+                    "WHERE status = 'running' ORDER BY id DESC"):
+                if limit is not None and len(shown) >= limit:
+                    break
+                if derive_status("running", host, pid, interval, updated, now,
+                                 self._host) == status:
+                    shown[row_id] = status
+            if not shown:
+                return []
+            # row ids are ints (INTEGER PRIMARY KEY): in the statement, not a parameter each
+            where = f"WHERE id IN ({', '.join(str(int(i)) for i in shown)})"
+        elif status is not None:
+            where, params = "WHERE status = ?", [status]
+        sql = f"SELECT id, {columns} FROM runs {where} ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         runs = []
-        for row in rows:
+        for row_id, *row in self._query(sql, params):
             try:
-                runs.append(self._run(row, now))
+                runs.append(self._run(row, now, shown.get(row_id)))
             except HistoryError as exc:
                 if damaged is None:
                     raise
@@ -1014,9 +1054,25 @@ class History:
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE batch_id = ?", (batch_id,))
         return self._run(rows[0], time.time()) if rows else None
 
-    def batch_ids(self) -> list[str]:
-        """Every batch id, the most recent first."""
-        return [row[0] for row in self._query("SELECT batch_id FROM runs ORDER BY id DESC")]
+    def batch_ids(self, limit: int | None = None) -> list[str]:
+        """Every batch id (at most ``limit``), the most recent first."""
+        sql, params = "SELECT batch_id FROM runs ORDER BY id DESC", list[Any]()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(_check_rows(limit, "limit"))
+        return [row[0] for row in self._query(sql, params)]
+
+    def batch_ids_around(self, batch_id: str, n: int) -> list[str]:
+        """Up to ``n`` batch ids sorting before ``batch_id`` and ``n`` from it on (in code
+        point order): among them, those sharing its longest prefixes. Read from the batch
+        id index, whatever the size of the history."""
+        _check_batch_id(batch_id)
+        n = _check_rows(n, "n")
+        before = self._query("SELECT batch_id FROM runs WHERE batch_id < ? "
+                             "ORDER BY batch_id DESC LIMIT ?", (batch_id, n))
+        after = self._query("SELECT batch_id FROM runs WHERE batch_id >= ? "
+                            "ORDER BY batch_id LIMIT ?", (batch_id, n))
+        return [row[0] for row in reversed(before)] + [row[0] for row in after]
 
     def files(self, batch_id: str, *, status: str | None = None) -> Iterator[FileRecord]:
         """The stored per-file rows of a run, in the order they were aggregated.
