@@ -125,6 +125,23 @@ def test_stats_prints_a_readable_summary(
         assert label in out
 
 
+def test_stats_counts_errors_of_types_past_the_cap_on_a_line_of_their_own(
+        tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+
+    async def run() -> None:
+        async with BatchMetrics("capped", store=db, max_error_types=1) as m:
+            await m.record_error("a", "OSError", "gone")
+            for i in range(3):
+                await m.record_error(f"u{i}", f"HTTP 404 /item/{i}", "not found")
+
+    anyio.run(run)
+    result = cli("stats", "capped", db=db)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\n  OSError +1  e\.g\. gone\n  \(other types\) +3  of types after "
+                     r"the first 1\n", result.stdout), result.stdout
+
+
 def test_stats_of_a_failed_run_says_failed(
         history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
     db, _ = history
@@ -549,6 +566,20 @@ def test_demo_processes_sample_files_and_stores_the_run(tmp_path: Path) -> None:
     again = cli("demo", "--files", "5", "--batch-id", "demo-test", "--no-display", db=db)
     assert again.returncode == 2
     assert "already in" in again.stderr
+
+
+def test_two_demos_started_at_once_get_their_own_batch_ids(tmp_path: Path) -> None:
+    # the default id was the second of the start: one of two demos failed, "already in"
+    db = tmp_path / "demo.db"
+    cmd = [str(SCRIPT), "--db", str(db), "demo", "--files", "5", "--latency", "0.001",
+           "--no-display"]
+    first, second = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=clean_env()) for _ in range(2))
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    with History(db) as h:
+        assert len(h.runs()) == 2
 
 
 def test_demo_without_rich_shows_progress_as_log_lines(tmp_path: Path) -> None:

@@ -363,13 +363,17 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
         ("bytes/s", fmt_bytes(s.throughput.bytes_per_second) + "/s"),
         ("parallelism", f"{t.parallelism:.1f} files at once"),
     ], out)
-    if s.errors.by_type:
+    if s.errors.by_type or s.errors.other_types:
         messages = s.errors.messages
-        print_pairs("Errors by type", [
+        pairs = [
             (etype, fmt_int(count) + (f"  e.g. {messages[etype][0]}"
                                       if messages.get(etype) else ""))
             for etype, count in sorted(s.errors.by_type.items(), key=lambda kv: -kv[1])
-        ], out)
+        ]
+        if s.errors.other_types:  # types past max_error_types: counted, not by type
+            pairs.append(("(other types)", fmt_int(s.errors.other_types)
+                          + f"  of types after the first {len(s.errors.by_type)}"))
+        print_pairs("Errors by type", pairs, out)
     if s.slowest_files:
         slowest = [(f.filename, fmt_seconds(f.duration), f.status) for f in s.slowest_files[:5]]
         width = max(display_width(duration) for _, duration, _ in slowest)
@@ -782,7 +786,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     path = db_path(args)
-    batch_id = args.batch_id or time.strftime("demo-%Y%m%d-%H%M%S")
+    # the process id: two demos started in the same second get their own ids
+    batch_id = args.batch_id or time.strftime(f"demo-%Y%m%d-%H%M%S-{os.getpid()}")
     if not args.no_display and importlib.util.find_spec("rich") is None:
         # without rich the display is a log line every interval: let it through
         logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -948,7 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent workers (default 16)")
     p.add_argument("--latency", type=_non_negative_float, default=0.02,
                    help="simulated storage latency per file in seconds (default 0.02)")
-    p.add_argument("--batch-id", type=_non_empty, help="default: demo-<date>-<time>")
+    p.add_argument("--batch-id", type=_non_empty, help="default: demo-<date>-<time>-<process id>")
     p.add_argument("--no-display", action="store_true", help="no live progress display")
     p.set_defaults(func=cmd_demo)
     return parser
