@@ -188,7 +188,8 @@ def test_cli_merge_of_three_exports_equals_one_batch_over_all_files(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert "merged 3 states" in result.stderr
     out = json.loads((tmp_path / "total.json").read_text())
-    assert set(out) == {"summary", "state"}
+    assert set(out) == {"summary", "state", "sources"}
+    assert len(set(out["sources"])) == 3  # one name per export merged
     merged = Aggregate.from_state(out["state"])
     summary = out["summary"]
     assert summary["batch_id"] == "shard-0+shard-1+shard-2"
@@ -200,9 +201,29 @@ def test_cli_merge_of_three_exports_equals_one_batch_over_all_files(tmp_path: Pa
     assert close(merged.timing.m2, whole.timing.m2)
     assert merged.sketch.to_state() == whole.sketch.to_state()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
-    again = cli("merge", tmp_path / "total.json", tmp_path / "shard-0.json", "--batch-id", "x")
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["summary"]["total_files"] == whole.total_files + 400
+    # a merged file merges on with other parts, but not with one already in it, which
+    # was counted twice without a word
+    (tmp_path / "more").mkdir()
+    anyio.run(more_shard, tmp_path / "more" / "shard-3.json")
+    on = cli("merge", tmp_path / "total.json", tmp_path / "more" / "shard-3.json",
+             "-o", tmp_path / "more" / "total.json")
+    assert on.returncode == 0, on.stderr
+    assert json.loads((tmp_path / "more" / "total.json").read_text())["summary"][
+        "total_files"] == whole.total_files + 5
+    for inputs in ([tmp_path / "total.json", tmp_path / "shard-0.json"],
+                   [tmp_path / "shard-1.json", tmp_path / "more" / "total.json"]):
+        again = cli("merge", *inputs, "--batch-id", "x")
+        assert again.returncode == 2
+        assert again.stdout == ""
+        assert "both hold the files of one export (one was merged into the other?); its " \
+               "files would be counted twice" in again.stderr
+
+
+async def more_shard(path: Path) -> None:
+    async with BatchMetrics("shard-3") as m:
+        for i in range(5):
+            await m.record_file(f"late-{i}.wfm", duration=0.01)
+    await m.export_json(path)
 
 
 def test_cli_merge_refuses_files_without_a_state(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import difflib
 import errno
+import hashlib
 import importlib.util
 import io
 import itertools
@@ -674,7 +675,23 @@ def _watch_outcome(run: StoredRun) -> int:
 # -- merge ----------------------------------------------------------------------------------------
 
 
-def _read_state(path: str) -> tuple[str, dict[str, Any]]:
+def _fingerprint(state: dict[str, Any]) -> str:
+    """A name for one export's state: equal for copies of it, different for other runs."""
+    text = json.dumps(state, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _sources(path: str, data: dict[str, Any]) -> list[str]:
+    """The exports a file's state was made of: a merge's ``sources``, else its own."""
+    sources = data.get("sources")
+    if sources is None:
+        return [_fingerprint(data["state"])]
+    if not (isinstance(sources, list) and all(isinstance(x, str) for x in sources)):
+        raise CliError(f"{path}: \"sources\" must be a list of strings (written by merge)")
+    return sources
+
+
+def _read_state(path: str) -> tuple[str, dict[str, Any], list[str]]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -687,7 +704,7 @@ def _read_state(path: str) -> tuple[str, dict[str, Any]]:
                        "(or by merge)")
     summary = data.get("summary")
     batch_id = summary.get("batch_id", path) if isinstance(summary, dict) else path
-    return str(batch_id), data["state"]
+    return str(batch_id), data["state"], _sources(path, data)
 
 
 def _new_temp(folder: str, base: str) -> tuple[int, str]:
@@ -744,18 +761,26 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.output not in (None, "-"):
         _check_not_an_input(args.output, args.inputs)
     states = [_read_state(p) for p in args.inputs]
+    # Each export is named by a fingerprint of its state; a merge's output lists those
+    # of every export in it ("sources"), so one export reaching this merge twice (a
+    # file given twice, a copy, or inside an earlier merge's output) is refused.
     first_with: dict[str, int] = {}
-    for i, (path, (_, state)) in enumerate(zip(args.inputs, states, strict=True)):
-        # one file given twice (an overlapping glob), or a copy of one export
-        first = first_with.setdefault(json.dumps(state, sort_keys=True), i)
-        if first != i:
-            raise CliError(f"cannot merge {path}: it holds the same state as "
-                           f"{args.inputs[first]} (given twice, or a copy?); its files "
-                           "would be counted twice")
+    for i, (path, (_, _, sources)) in enumerate(zip(args.inputs, states, strict=True)):
+        for source in sources:
+            first = first_with.setdefault(source, i)
+            if first == i:
+                continue
+            other = args.inputs[first]
+            if len(sources) == 1 and len(states[first][2]) == 1:
+                why = f"it holds the same state as {other} (given twice, or a copy?)"
+            else:
+                why = (f"it and {other} both hold the files of one export (one was merged "
+                       "into the other?)")
+            raise CliError(f"cannot merge {path}: {why}; its files would be counted twice")
     reading = [""]
 
     def each_state() -> Iterator[dict[str, Any]]:
-        for path, (_, state) in zip(args.inputs, states, strict=True):
+        for path, (_, state, _) in zip(args.inputs, states, strict=True):
             reading[0] = path
             yield state
 
@@ -763,8 +788,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
         agg = merge_states(each_state())
     except ValueError as exc:  # a bad state, sketches of different precision, a sum too big
         raise CliError(f"cannot merge {reading[0]}: {exc}") from None
-    batch_id = args.batch_id or "+".join(bid for bid, _ in states)
-    text = json_text({"summary": agg.to_summary(batch_id).to_dict(), "state": agg.to_state()})
+    batch_id = args.batch_id or "+".join(bid for bid, _, _ in states)
+    text = json_text({"summary": agg.to_summary(batch_id).to_dict(), "state": agg.to_state(),
+                      "sources": list(first_with)})
     if args.output in (None, "-"):
         sys.stdout.write(text + "\n")
         return 0
