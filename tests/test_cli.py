@@ -197,7 +197,7 @@ def test_list_status_reads_only_the_runs_it_lists(tmp_path: Path) -> None:
 
     anyio.run(build)
     now = time.time()
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         for batch_id, status, host, pid, updated in (
                 ("failed", "failed", None, None, None),
                 ("cancelled", "cancelled", None, None, None),
@@ -680,7 +680,8 @@ def test_an_unknown_batch_id_in_a_large_history_still_names_the_closest(
     # sorting next to the unknown one
     db = tmp_path / "h.db"
     db.write_bytes(history[0].read_bytes())
-    with sqlite3.connect(db) as conn:  # copies of a real run, the close one far back
+    # copies of a real run, the close one far back
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         columns = [c for _, c, *_ in conn.execute("PRAGMA table_info(runs)") if c != "id"]
         copy = ", ".join(c if c != "batch_id" else "?" for c in columns)
         conn.executemany(f"INSERT INTO runs ({', '.join(columns)}) SELECT {copy} FROM runs "
@@ -785,7 +786,7 @@ def test_list_of_an_empty_history_says_so(tmp_path: Path) -> None:
     anyio.run(empty)
     import sqlite3
 
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("DELETE FROM runs")
     conn.close()
     result = cli("list", db=db)
@@ -1019,7 +1020,8 @@ def test_watch_with_a_reader_gone_away_exits_with_the_runs_outcome_else_141(
     # only after the summary was printed
     db = tmp_path / "h.db"
     db.write_bytes(history[0].read_bytes())
-    with sqlite3.connect(db) as conn:  # a run still going on another host: outcome unknown
+    # a run still going on another host: outcome unknown
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("UPDATE runs SET status = 'running', host = 'elsewhere', updated_at = ? "
                      "WHERE batch_id = 'nightly-002'", (time.time(),))
     conn.close()
@@ -1037,7 +1039,7 @@ def test_damaged_start_times_are_shown_not_tripped_over(tmp_path: Path) -> None:
                 await m.record_file("a.wfm", duration=0.1)
 
     anyio.run(build)
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("UPDATE runs SET started_at = 'abc' WHERE batch_id = 'text'")
         conn.execute("UPDATE runs SET started_at = 1e999 WHERE batch_id = 'infinite'")
     listed = cli("list", db=db)

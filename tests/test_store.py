@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -357,7 +358,8 @@ async def test_a_version_1_file_is_migrated_and_its_chunks_still_read(db: Path) 
     async with BatchMetrics("old-run", store=db, store_files=True) as old:
         for i in range(10):  # a lone surrogate in every name: all rows in column chunks
             await old.record_file(f"old-\udcff-{i}", duration=0.1 * (i + 1))
-    with sqlite3.connect(db) as conn:  # back to schema 1: no file_packs table
+    # back to schema 1: no file_packs table
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("DROP TABLE file_packs")
         conn.execute("PRAGMA user_version = 1")
     reader = History(db)  # read as it is: a reader does not migrate the file
@@ -365,7 +367,7 @@ async def test_a_version_1_file_is_migrated_and_its_chunks_still_read(db: Path) 
     async with BatchMetrics("new-run", store=db, store_files=True) as new:
         for i in range(10):
             await new.record_file(f"new-{i}", duration=0.1)
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     with reader:  # opened before the migration, it reads the packs written since
         assert len(list(reader.files("new-run"))) == 10
@@ -407,7 +409,7 @@ def test_a_damaged_chunk_is_reported() -> None:
 async def test_a_new_file_gets_the_current_schema_in_wal_mode(db: Path) -> None:
     async with BatchMetrics("job-s", store=db):
         pass
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
@@ -816,7 +818,7 @@ async def test_per_file_rows_wait_out_a_lock_longer_than_the_busy_timeout(
 async def test_another_applications_sqlite_file_is_refused_and_left_as_it_was(
         tmp_path: Path, tables: list[str], version: int) -> None:
     app = tmp_path / "app.db"
-    with sqlite3.connect(app) as conn:
+    with contextlib.closing(sqlite3.connect(app)) as conn, conn:
         for table in tables:
             conn.execute(f"CREATE TABLE {table} (id INTEGER, name TEXT)")
         conn.execute(f"PRAGMA user_version = {version}")
@@ -824,7 +826,7 @@ async def test_another_applications_sqlite_file_is_refused_and_left_as_it_was(
                                            rf"{', '.join(tables) or 'none'}, version {version}"):
         async with BatchMetrics("x", store=app):
             pass
-    with sqlite3.connect(app) as conn:
+    with contextlib.closing(sqlite3.connect(app)) as conn, conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not WAL
         assert conn.execute("PRAGMA user_version").fetchone()[0] == version
         assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [
