@@ -850,6 +850,67 @@ def test_asyncio_run_ending_under_a_running_batch_counts_or_reports_every_event(
         assert len(list(history.files("swept"))) == out["total"]
 
 
+# asyncio.run() ending while the consumer waits in a user sink's write: the outputs
+# after that sink must still get the rows the aggregate counted
+_CUT_IN_A_SINK = r"""
+import asyncio, json, os, sys
+from batchmetrics import BatchMetrics, History, JsonlSink
+
+class Stuck:  # a user's sink whose write waits (a slow network), as asyncio.run ends
+    def __init__(self):
+        self.writing = asyncio.Event()
+    async def write(self, records):
+        self.writing.set()
+        await asyncio.Event().wait()
+    async def flush(self):
+        pass
+    async def aclose(self):
+        pass
+
+def once(folder):
+    made = []
+    async def batch(stuck):
+        m = BatchMetrics("cut", store=os.path.join(folder, "h.db"), store_files=True,
+                         sinks=[stuck, JsonlSink(os.path.join(folder, "files.jsonl"))])
+        made.append(m)
+        async with m:
+            for i in range(1000):
+                await m.record_file(f"f{i}.wfm", duration=0.01)
+            await asyncio.Event().wait()
+    async def main():
+        stuck = Stuck()
+        asyncio.create_task(batch(stuck))
+        await stuck.writing.wait()  # the consumer has folded the rows and waits in it
+        raise RuntimeError("main gave up")
+    try:
+        asyncio.run(main())
+    except RuntimeError:
+        pass
+    with open(os.path.join(folder, "files.jsonl")) as f:
+        lines = len(f.readlines())
+    with History(os.path.join(folder, "h.db")) as h:
+        stored = len(list(h.files("cut")))
+    return made[0].summary().total_files, lines, stored
+
+# asyncio cancels the tasks left in the order of a set: the consumer may come first
+print(json.dumps([once(os.path.join(sys.argv[1], str(k)))
+                  for k in range(6) if not os.mkdir(os.path.join(sys.argv[1], str(k)))]))
+"""
+
+
+def test_outputs_after_a_sink_cut_off_by_asyncio_run_still_get_the_counted_rows(
+        tmp_path: Path) -> None:
+    # the JSONL sink and the history missed every row of the fold whose write was cut
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _CUT_IN_A_SINK, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    for total, lines, stored in json.loads(done.stdout):
+        assert total == 1000, done.stderr
+        assert (lines, stored) == (total, total), done.stderr
+
+
 @pytest.mark.asyncio
 async def test_a_second_enter_while_the_first_is_starting_is_refused(tmp_path: Path) -> None:
     m = BatchMetrics("twice", summary_path=tmp_path / "s.json")

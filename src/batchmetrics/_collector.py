@@ -681,7 +681,7 @@ class BatchMetrics:
         failure: Exception | None = None
         if self._sinks:
             records: list[FileRecord] | None = None
-            for sink, raw in zip(self._sinks, self._accepts_raw, strict=True):
+            for i, (sink, raw) in enumerate(zip(self._sinks, self._accepts_raw, strict=True)):
                 try:
                     if raw:
                         await sink.write(batch)  # type: ignore[arg-type]  # same layout
@@ -693,6 +693,7 @@ class BatchMetrics:
                     failure = self._first_failure(failure, exc, sink)
                 except anyio.get_cancelled_exc_class():
                     if not self._cut_short(sink):
+                        self._queue_on_the_rest(batch, self._sinks[i + 1:])
                         raise
         if self._store is not None and self._store_files:
             try:
@@ -704,6 +705,20 @@ class BatchMetrics:
                     raise
         if failure is not None:
             raise failure
+
+    def _queue_on_the_rest(self, batch: list[Event], sinks: Sequence[Sink]) -> None:
+        """A fold cancelled in a sink's write: the outputs after it that can take rows
+        without waiting (our file sinks, the store) get them, as the aggregate counts
+        them; each is written by the output's next write or its close."""
+        for sink in sinks:
+            if isinstance(sink, _FileSink) and not sink.closed:
+                sink.take(batch)
+            else:
+                logger.warning("batchmetrics: %r missed %d rows of batch %r: the consumer "
+                               "was cancelled before it wrote them", sink, len(batch),
+                               self.batch_id)
+        if self._store is not None and self._store_files:
+            self._store.queue_files(self, batch)
 
     def _outlasts_cancellation(self) -> bool:
         """Whether the consumer goes on through the cancellation being raised: asyncio's

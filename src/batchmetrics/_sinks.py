@@ -162,6 +162,13 @@ class _FileSink:
         return self._file
 
     async def write(self, records: Sequence[FileRecord]) -> None:
+        self.take(records)
+        if self._size >= self._limit:
+            await self._write_out(behind=True)
+
+    def take(self, records: Sequence[FileRecord] | Sequence[Event]) -> None:
+        """Render and buffer ``records`` without waiting (``write`` without the write-out):
+        the next write, flush or close writes them."""
         if self._closed:
             raise RuntimeError(f"sink {self.path!r} is closed")
         # Slices of _SLICE rows keep every piece of text small: large ones would each be
@@ -171,8 +178,6 @@ class _FileSink:
             self._buf.append(text)
             self._size += len(text)
         self.rows += len(records)
-        if self._size >= self._limit:
-            await self._write_out(behind=True)
 
     async def _settle(self) -> None:
         """Wait for the write in flight; raise what it raised.

@@ -590,9 +590,7 @@ class Store:
         on; if the next chunk is ready before it is done, the consumer waits, and
         so, once their buffer is full, do the producers (backpressure).
         """
-        run = self._runs.get(id(metrics))
-        if run is None:
-            raise RuntimeError(f"batch {metrics.batch_id!r} is not being recorded by {self!r}")
+        run = self._run_of(metrics)
         run.add(events)
         if run.waiting() >= self.flush_rows:
             # Written behind: the consumer goes on folding while aiosqlite's thread
@@ -610,6 +608,16 @@ class Store:
                                self.path, exc, run.waiting())
             run.seal()
             run.writing = asyncio.ensure_future(self._write_chunks(run))
+
+    def queue_files(self, metrics: BatchMetrics, events: Sequence[Event]) -> None:
+        """Queue per-file rows without waiting: the next write, or the run's end, writes them."""
+        self._run_of(metrics).add(events)
+
+    def _run_of(self, metrics: BatchMetrics) -> _Run:
+        run = self._runs.get(id(metrics))
+        if run is None:
+            raise RuntimeError(f"batch {metrics.batch_id!r} is not being recorded by {self!r}")
+        return run
 
     async def _write_chunks(self, run: _Run) -> None:
         async with run.lock:
