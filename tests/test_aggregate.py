@@ -216,6 +216,21 @@ def test_error_types_past_the_cap_are_counted_apart_also_across_merges(
         assert sum(merged.by_type.values()) + merged.other_types == len(types)
 
 
+def test_merging_parts_of_different_error_type_caps_keeps_the_larger_in_any_order() -> None:
+    # the first part's cap was kept: types the other part had counted went to other_types
+    def part(cap: int, types: list[str]) -> Aggregate:
+        agg = Aggregate(max_error_types=cap)
+        agg.add_batch([(f"f{i}", 1e9, 1.0, 0, 0, 0, ERROR, t, "m", None)
+                       for i, t in enumerate(types)])
+        return agg
+
+    one_way = part(1, ["a", "b", "b"]).merge(part(100, ["b", "c"]))
+    other_way = part(100, ["b", "c"]).merge(part(1, ["a", "b", "b"]))
+    for merged in (one_way, other_way):
+        assert merged.by_type == {"a": 1, "b": 1, "c": 1}  # b's 2 from the capped part: other
+        assert (merged.other_types, merged.max_error_types) == (2, 100)
+
+
 def test_a_state_without_the_error_type_cap_reads_as_the_defaults() -> None:
     # states written before other_types and max_error_types existed (version 1 too)
     state = _aggregate_of([("a", 1e9, 0.5, 0, 0, 0, ERROR, "OSError", "x", None)]).to_state()

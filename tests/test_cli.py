@@ -590,7 +590,7 @@ def test_demo_without_rich_shows_progress_as_log_lines(tmp_path: Path) -> None:
          "--latency", "0.001", "--batch-id", "plain"],
         capture_output=True, text=True, timeout=120, env=clean_env(), check=False)
     assert result.returncode == 0, result.stderr
-    assert "finished: batch plain: 30/30 (100.0%) files" in result.stderr  # a duplicate among them
+    assert "finished: batch plain: 30/30 files (100.0%)" in result.stderr  # a duplicate among them
     assert "Batch plain" in result.stdout
 
 

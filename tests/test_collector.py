@@ -911,6 +911,49 @@ def test_outputs_after_a_sink_cut_off_by_asyncio_run_still_get_the_counted_rows(
         assert (lines, stored) == (total, total), done.stderr
 
 
+class _StuckOnSecondWrite:
+    """A user's sink whose second write never ends (a hung network call)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def write(self, records: object) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            await anyio.sleep_forever()
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_a_sink_stuck_past_the_exit_deadline_leaves_the_rows_to_the_sinks_after_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the store had let the run go at the deadline: handing it the rows raised
+    # "not being recorded" in place of the cancellation, logged as the consumer failing
+    log = tmp_path / "files.jsonl"
+    m = BatchMetrics("stuck", store=tmp_path / "h.db", store_files=True, shutdown_timeout=1,
+                     sinks=[_StuckOnSecondWrite(), JsonlSink(log)])
+
+    async def run() -> None:
+        async with m:
+            for i in range(500):
+                await m.record_file(f"f{i}.wfm", duration=0.01)
+            await m.snapshot()  # folded: the sink's first write is done
+            for i in range(500, 1000):
+                await m.record_file(f"f{i}.wfm", duration=0.01)
+
+    with pytest.raises(TimeoutError):
+        await run()
+    assert m.summary().total_files == 1000
+    assert len(log.read_text(encoding="utf-8").splitlines()) == 1000
+    assert "not being recorded" not in caplog.text
+    assert "missed 500 rows of batch 'stuck'" in caplog.text  # the store: let go already
+
+
 @pytest.mark.asyncio
 async def test_a_second_enter_while_the_first_is_starting_is_refused(tmp_path: Path) -> None:
     m = BatchMetrics("twice", summary_path=tmp_path / "s.json")

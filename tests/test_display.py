@@ -100,7 +100,7 @@ anyio.run(main)
                           timeout=60, check=True)
     lines = done.stderr.splitlines()
     assert any(line.startswith("batch plain: ") and "files/s now" in line for line in lines)
-    assert lines[-1].startswith("finished: batch plain: 10/10 (100.0%) files"), lines[-1]
+    assert lines[-1].startswith("finished: batch plain: 10/10 files (100.0%)"), lines[-1]
 
 
 def test_the_status_line_names_the_most_frequent_error_types_and_counts_the_rest() -> None:

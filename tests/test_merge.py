@@ -217,6 +217,19 @@ def test_cli_merge_of_three_exports_equals_one_batch_over_all_files(tmp_path: Pa
         assert again.stdout == ""
         assert "both hold the files of one export (one was merged into the other?); its " \
                "files would be counted twice" in again.stderr
+    # the same merged file twice, or beside a copy written before "sources" existed
+    merged = json.loads((tmp_path / "total.json").read_text())
+    del merged["sources"]
+    (tmp_path / "old-total.json").write_text(json.dumps(merged))
+    for first, second in (("total.json", "total.json"), ("old-total.json", "total.json")):
+        twice = cli("merge", first, second, cwd=tmp_path)
+        assert twice.returncode == 2
+        assert "it holds the same state as" in twice.stderr
+    merged["sources"] = []
+    (tmp_path / "no-sources.json").write_text(json.dumps(merged))
+    bad = cli("merge", "no-sources.json", "shard-0.json", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert '"sources" must be a non-empty list of strings' in bad.stderr
 
 
 async def more_shard(path: Path) -> None:

@@ -252,6 +252,8 @@ class Aggregate:
         self.busy_seconds += other.busy_seconds
         self.timing.merge(other.timing)
         self.sketch.merge(other.sketch)
+        # the larger cap: a part that counted more types exactly keeps them counted
+        self.max_error_types = max(self.max_error_types, other.max_error_types)
         for etype, count in other.by_type.items():
             self._count_type(etype, count)
         self.other_types += other.other_types

@@ -682,13 +682,17 @@ def _fingerprint(state: dict[str, Any]) -> str:
 
 
 def _sources(path: str, data: dict[str, Any]) -> list[str]:
-    """The exports a file's state was made of: a merge's ``sources``, else its own."""
+    """The fingerprints of what a file's state was made of: its own state's, then a
+    merge's ``sources`` (every export and merge in it)."""
+    own = _fingerprint(data["state"])
     sources = data.get("sources")
     if sources is None:
-        return [_fingerprint(data["state"])]
-    if not (isinstance(sources, list) and all(isinstance(x, str) for x in sources)):
-        raise CliError(f"{path}: \"sources\" must be a list of strings (written by merge)")
-    return sources
+        return [own]
+    if not (isinstance(sources, list) and sources
+            and all(isinstance(x, str) for x in sources)):
+        raise CliError(f"{path}: \"sources\" must be a non-empty list of strings "
+                       "(written by merge)")
+    return [own, *(x for x in sources if x != own)]
 
 
 def _read_state(path: str) -> tuple[str, dict[str, Any], list[str]]:
@@ -761,9 +765,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.output not in (None, "-"):
         _check_not_an_input(args.output, args.inputs)
     states = [_read_state(p) for p in args.inputs]
-    # Each export is named by a fingerprint of its state; a merge's output lists those
-    # of every export in it ("sources"), so one export reaching this merge twice (a
-    # file given twice, a copy, or inside an earlier merge's output) is refused.
+    # Each export and merge is named by a fingerprint of its state; a merge's output
+    # lists those of every export and merge in it ("sources"), so one reaching this
+    # merge twice (a file given twice, a copy, or inside an earlier merge's output,
+    # also one written before "sources" existed) is refused.
     first_with: dict[str, int] = {}
     for i, (path, (_, _, sources)) in enumerate(zip(args.inputs, states, strict=True)):
         for source in sources:
@@ -771,7 +776,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
             if first == i:
                 continue
             other = args.inputs[first]
-            if len(sources) == 1 and len(states[first][2]) == 1:
+            if source == sources[0] == states[first][2][0]:  # the states themselves
                 why = f"it holds the same state as {other} (given twice, or a copy?)"
             else:
                 why = (f"it and {other} both hold the files of one export (one was merged "

@@ -710,15 +710,22 @@ class BatchMetrics:
         """A fold cancelled in a sink's write: the outputs after it that can take rows
         without waiting (our file sinks, the store) get them, as the aggregate counts
         them; each is written by the output's next write or its close."""
+        missed: list[object] = []
         for sink in sinks:
-            if isinstance(sink, _FileSink) and not sink.closed:
-                sink.take(batch)
-            else:
-                logger.warning("batchmetrics: %r missed %d rows of batch %r: the consumer "
-                               "was cancelled before it wrote them", sink, len(batch),
-                               self.batch_id)
-        if self._store is not None and self._store_files:
-            self._store.queue_files(self, batch)
+            try:
+                if isinstance(sink, _FileSink) and not sink.closed:
+                    sink.take(batch)
+                    continue
+            except Exception:  # the cancellation is what the consumer raises
+                logger.exception("batchmetrics: %r could not take rows of batch %r", sink,
+                                 self.batch_id)
+            missed.append(sink)
+        if self._store is not None and self._store_files \
+                and not self._store.queue_files(self, batch):
+            missed.append(self._store)
+        for where in missed:
+            logger.warning("batchmetrics: %r missed %d rows of batch %r: the consumer was "
+                           "cancelled before it wrote them", where, len(batch), self.batch_id)
 
     def _outlasts_cancellation(self) -> bool:
         """Whether the consumer goes on through the cancellation being raised: asyncio's

@@ -54,12 +54,13 @@ def _error_types(summary: BatchMetricsSummary) -> str:
 def status_line(summary: BatchMetricsSummary) -> str:
     """One line: files done (of total), rates, errors (the most frequent types), ETA."""
     p = summary.progress
-    done = f"{summary.total_files:,}" + (f"/{p.total_files:,} ({p.percent:.1f}%)" if p else "")
+    files = "file" if (p.total_files if p else summary.total_files) == 1 else "files"
+    done = (f"{summary.total_files:,}/{p.total_files:,} {files} ({p.percent:.1f}%)" if p
+            else f"{summary.total_files:,} {files}")  # as watch writes it
     t = summary.throughput
     errors = _error_types(summary)
     parts = [
-        f"batch {summary.batch_id}: {done} "
-        + ("file" if (p.total_files if p else summary.total_files) == 1 else "files"),
+        f"batch {summary.batch_id}: {done}",
         f"{t.recent_files_per_second:.1f} files/s now, {t.files_per_second:.1f} overall",
         _plural(summary.error_count, "error") + (f" ({errors})" if errors else ""),
         f"{summary.skip_count:,} skipped",

@@ -609,9 +609,15 @@ class Store:
             run.seal()
             run.writing = asyncio.ensure_future(self._write_chunks(run))
 
-    def queue_files(self, metrics: BatchMetrics, events: Sequence[Event]) -> None:
-        """Queue per-file rows without waiting: the next write, or the run's end, writes them."""
-        self._run_of(metrics).add(events)
+    def queue_files(self, metrics: BatchMetrics, events: Sequence[Event]) -> bool:
+        """Queue per-file rows without waiting: the next write, or the run's end, writes
+        them. ``False`` when the run is no longer recorded here (let go at the exit's
+        deadline): the rows cannot be stored."""
+        run = self._runs.get(id(metrics))
+        if run is None:
+            return False
+        run.add(events)
+        return True
 
     def _run_of(self, metrics: BatchMetrics) -> _Run:
         run = self._runs.get(id(metrics))
