@@ -654,6 +654,9 @@ def test_compare_prints_no_empty_column_and_no_negative_zero(
     report = json.loads(cli("compare", "nightly-001", "nightly-001", "--json", db=db).stdout)
     worse = [str(m["worse_percent"]) for m in report["measures"]]
     assert worse == ["0.0"] * len(worse), worse  # str: -0.0 == 0.0
+    # a change of float noise (a mean summed in another order) is no change on screen
+    assert [_cli.fmt_change(x) for x in (-1.7e-14, -0.04, -0.06, 3.0)] == \
+        ["+0.0%", "+0.0%", "-0.1%", "+3.0%"]
 
 
 # -- errors for people ---------------------------------------------------------------------------

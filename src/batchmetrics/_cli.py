@@ -113,7 +113,7 @@ def fmt_change(change: float | None) -> str:
         return "n/a"
     if math.isinf(change):
         return "+inf%" if change > 0 else "-inf%"
-    return f"{change:+.1f}%"
+    return f"{round(change, 1) + 0.0:+.1f}%"  # + 0.0: a change rounding to -0.0 is +0.0
 
 
 def _use_rich(out: TextIO) -> bool:
