@@ -459,6 +459,7 @@ async def test_history_reads_check_their_arguments_at_the_call(db: Path) -> None
         (lambda h: h.runs(status="done"), ValueError, "status must be one of running, finished, "
                                                       "failed, cancelled, interrupted; got 'done'"),
         (lambda h: h.runs(status=1), TypeError, "status must be a str or None, got int 1"),
+        (lambda h: h.runs(with_state="no"), TypeError, "with_state must be a bool, got str 'no'"),
         (lambda h: h.batch_ids("2"), TypeError, "limit must be an int, got str '2'"),
         (lambda h: h.batch_ids_around(b"job", 2), TypeError, "batch_id must be a str, got bytes"),
         (lambda h: h.batch_ids_around("job", -1), ValueError,

@@ -30,7 +30,7 @@ import sqlite3
 import sys
 import time
 from array import array
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, compress, pairwise, repeat
 from operator import attrgetter, countOf, is_not, itemgetter
@@ -53,6 +53,7 @@ from ._events import (
     Event,
     FileRecord,
     absolute,
+    check_bool,
     check_path,
 )
 from ._summary import BatchMetricsSummary
@@ -479,6 +480,15 @@ class _Run:
                     raise  # this task is cancelled
                 # only the write was (the sweep of tasks as asyncio.run ends): its chunk
                 # is still queued, for the next write
+
+
+def _check_choice(value: object, name: str, choices: Iterable[str]) -> str:
+    """``value`` if it is one of ``choices``; else the error naming ``name`` and it."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None, got {type(value).__name__} {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
 
 
 def _check_file_path(value: object) -> str:
@@ -1021,12 +1031,8 @@ class History:
         if limit is not None:
             limit = _check_rows(limit, "limit")
         if status is not None:
-            if not isinstance(status, str):
-                raise TypeError(f"status must be a str or None, got {type(status).__name__} "
-                                f"{status!r}")
-            if status not in RUN_STATUSES:
-                raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}; "
-                                 f"got {status!r}")
+            _check_choice(status, "status", RUN_STATUSES)
+        check_bool(with_state, "with_state")
         if damaged is not None and not isinstance(damaged, list):
             raise TypeError(f"damaged must be a list or None, got {type(damaged).__name__}")
         columns = _RUN_COLUMNS if with_state else _RUN_COLUMNS_NO_STATE
@@ -1096,13 +1102,7 @@ class History:
         _check_batch_id(batch_id)
         code = None
         if status is not None:
-            if not isinstance(status, str):
-                raise TypeError(f"status must be a str or None, got {type(status).__name__} "
-                                f"{status!r}")
-            if status not in STATUS_CODES:
-                raise ValueError(f"status must be one of {', '.join(STATUS_CODES)}; "
-                                 f"got {status!r}")
-            code = STATUS_CODES[status]
+            code = STATUS_CODES[_check_choice(status, "status", STATUS_CODES)]
         return self._files(batch_id, code)
 
     def _files(self, batch_id: str, code: int | None) -> Iterator[FileRecord]:
