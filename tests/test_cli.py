@@ -142,6 +142,25 @@ def test_stats_counts_errors_of_types_past_the_cap_on_a_line_of_their_own(
                      r"the first 1\n", result.stdout), result.stdout
 
 
+def test_stats_shows_progress_of_a_run_that_ended_short_of_its_total(tmp_path: Path) -> None:
+    # shown only while running: a job that stopped at 42 of 50 files did not say so
+    db = tmp_path / "h.db"
+
+    async def run() -> None:
+        async with BatchMetrics("short", store=db, total_files=50) as m:
+            for i in range(42):
+                await m.record_file(f"f{i}.wfm", duration=0.01)
+        async with BatchMetrics("whole", store=db, total_files=3) as m:
+            for i in range(3):
+                await m.record_file(f"f{i}.wfm", duration=0.01)
+
+    anyio.run(run)
+    short = cli("stats", "short", db=db)
+    assert short.returncode == 0, short.stderr
+    assert re.search(r"\n  progress +42 of 50 \(84\.0%\)\n", short.stdout), short.stdout
+    assert "progress" not in cli("stats", "whole", db=db).stdout  # all done: nothing to add
+
+
 def test_stats_of_a_failed_run_says_failed(
         history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
     db, _ = history

@@ -329,7 +329,9 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
         ("host", f"{run.host} (pid {run.pid})"),
     ]
     progress = run.summary.get("progress")
-    if progress and run.status == "running":
+    # while it runs, and once it ended short of (or past) the files it expected
+    if progress and (run.status == "running"
+                     or progress["completed"] != progress["total_files"]):
         head.append(("progress", f"{fmt_int(progress['completed'])} of "
                                  f"{fmt_int(progress['total_files'])} ({progress['percent']}%)"))
     print_pairs(f"Batch {run.batch_id}", head, out)
