@@ -825,10 +825,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # without rich the display is a log line every interval: let it through
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     if os.path.exists(path):  # refuse a taken batch id before making any files
-        with open_history(args) as history:
-            if history.get(batch_id) is not None:
-                raise CliError(f"batch {batch_id!r} is already in {path}: choose another "
-                               "--batch-id")
+        try:
+            history = History(path)
+        except HistoryError:
+            # not a history (yet: another process may be making it): the store says
+            # what is wrong, if anything, as the run begins
+            pass
+        else:
+            with history:
+                if history.get(batch_id) is not None:
+                    raise CliError(f"batch {batch_id!r} is already in {path}: choose "
+                                   "another --batch-id")
     try:
         anyio.run(lambda: run_demo(path, files=args.files, workers=args.workers,
                                    batch_id=batch_id, latency=args.latency,
