@@ -37,6 +37,7 @@ from typing import Any, TextIO
 from wcwidth import wcswidth
 
 from ._aggregate import merge_states
+from ._display import fmt_count
 from ._events import STATUS_NAMES, FileRecord, is_finite_number
 from ._export import temp_name
 from ._render import json_text
@@ -63,11 +64,6 @@ class CliError(Exception):
 
 def fmt_int(n: int) -> str:
     return f"{n:,}"
-
-
-def fmt_count(n: int, word: str) -> str:
-    """``1 file``, ``2 files``: a count and its noun, plural unless one."""
-    return f"{fmt_int(n)} {word}{'' if n == 1 else 's'}"
 
 
 def fmt_seconds(s: float) -> str:

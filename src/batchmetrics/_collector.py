@@ -1103,6 +1103,16 @@ class BatchMetrics:
         own thread (``await record_file`` there).
         """
         self._check_off_loop("record_file")
+        self._record_from_thread(filename, duration, samples, measurements, bytes_processed,
+                                 status, error_type, error_message, memory_peak)
+
+    def _record_from_thread(
+        self, filename: str | os.PathLike[str], duration: float, samples: int,
+        measurements: int, bytes_processed: int, status: str, error_type: str | None,
+        error_message: str | None, memory_peak: int | None,
+    ) -> None:
+        """The ``*_threadsafe`` calls once off the loop's thread is checked: the fields,
+        then the event through the inbox."""
         (filename, duration, samples, measurements, bytes_processed, error_type,
          error_message, memory_peak) = check_fields(
             filename, duration, samples, measurements, bytes_processed, error_type,
@@ -1121,16 +1131,15 @@ class BatchMetrics:
         if not isinstance(error_type, str):
             raise TypeError(f"error_type must be a str, got {type(error_type).__name__} "
                             f"{error_type!r}")
-        self.record_file_threadsafe(filename, duration=duration, status="error",
-                                    error_type=error_type, error_message=error_message)
+        self._record_from_thread(filename, duration, 0, 0, 0, "error", error_type,
+                                 error_message, None)
 
     def record_skip_threadsafe(self, filename: str | os.PathLike[str], reason: str = "") -> None:
         """``record_skip`` for worker threads; see ``record_file_threadsafe``."""
         self._check_off_loop("record_skip")
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, got {type(reason).__name__} {reason!r}")
-        self.record_file_threadsafe(filename, duration=0.0, status="skipped",
-                                    error_message=reason)
+        self._record_from_thread(filename, 0.0, 0, 0, 0, "skipped", None, reason, None)
 
     def track_threadsafe(self, filename: str | os.PathLike[str]) -> TrackedInThread:
         """``track()`` for worker threads: ``with metrics.track_threadsafe(name) as item:``."""

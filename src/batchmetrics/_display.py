@@ -34,8 +34,9 @@ def _eta_text(summary: BatchMetricsSummary) -> str:
 _TYPES_SHOWN = 3
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+def fmt_count(n: int, word: str) -> str:
+    """``1 file``, ``2 files``: a count and its noun, plural unless one."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _error_types(summary: BatchMetricsSummary) -> str:
@@ -45,7 +46,7 @@ def _error_types(summary: BatchMetricsSummary) -> str:
     text = ", ".join(f"{k} {v:,}" for k, v in ranked[:_TYPES_SHOWN])
     more = len(ranked) - _TYPES_SHOWN
     if more > 0:
-        text += f", {_plural(more, 'more type')}"
+        text += f", {fmt_count(more, 'more type')}"
     if errors.other_types:
         text += f", {errors.other_types:,} of other types"
     return text
@@ -62,7 +63,7 @@ def status_line(summary: BatchMetricsSummary) -> str:
     parts = [
         f"batch {summary.batch_id}: {done}",
         f"{t.recent_files_per_second:.1f} files/s now, {t.files_per_second:.1f} overall",
-        _plural(summary.error_count, "error") + (f" ({errors})" if errors else ""),
+        fmt_count(summary.error_count, "error") + (f" ({errors})" if errors else ""),
         f"{summary.skip_count:,} skipped",
     ]
     if p is not None:

@@ -643,9 +643,7 @@ class Store:
         self, metrics: BatchMetrics, summary: BatchMetricsSummary, outcome: str
     ) -> None:
         """Write the remaining per-file rows, the final summary and the outcome; close."""
-        run = self._runs.get(id(metrics))
-        if run is None:
-            raise RuntimeError(f"batch {metrics.batch_id!r} is not being recorded by {self!r}")
+        run = self._run_of(metrics)
         try:
             await self._write_end(run, metrics, summary, outcome)
         except anyio.get_cancelled_exc_class():
