@@ -178,6 +178,51 @@ def test_from_state_rejects_missing_keys_and_inconsistent_sketches() -> None:
         Aggregate.from_state([])  # type: ignore[arg-type]
 
 
+def _mixed_state() -> dict[str, Any]:
+    events: list[Event] = [
+        ("a", 1e9, 0.5, 1, 1, 1, SUCCESS, None, None, None),
+        ("b", 1e9, 0.0, 1, 1, 1, SUCCESS, None, None, None),  # not timed
+        ("c", 1e9, 0.1, 0, 0, 0, ERROR, "OSError", "gone", None),
+        ("d", 1e9, 0.0, 0, 0, 0, SKIPPED, None, "dup", None),
+    ]
+    agg = _aggregate_of(events)
+    agg.start_ts, agg.end_ts = 1_800_000_000.0, 1_800_000_001.0
+    return agg.to_state()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"total_files": 5}, r"total_files 5 is not processed_count \+ error_count \+ skip_count "
+                         r"\(2 \+ 1 \+ 1 = 4\)"),
+    ({"skip_count": 0}, r"total_files 4 is not .* \(2 \+ 1 \+ 0 = 3\)"),
+    ({"by_type": {"OSError": 2}}, "by_type and other_types count 2 errors, more than "
+                                  "error_count 1"),
+    ({"other_types": 1}, "by_type and other_types count 2 errors"),
+    ({"processed_count": 0, "total_files": 2},
+     "timing counts 1 durations, more than processed_count 0"),
+    ({"slowest_k": 3}, "slowest holds 4 files, more than slowest_k 3"),
+])
+def test_from_state_rejects_fields_that_contradict_each_other(
+        change: dict[str, Any], message: str) -> None:
+    # a hand-edited or damaged export: merging it would give figures no run can have
+    state = _mixed_state()
+    assert Aggregate.from_state(state).total_files == 4  # as written, it reads
+    with pytest.raises(ValueError, match=f"bad aggregate state: {message}"):
+        merge_states([{**state, **change}])
+
+
+def test_a_state_whose_sketch_and_timing_disagree_or_that_ends_before_it_starts_is_refused(
+        ) -> None:
+    state = _mixed_state()
+    assert state["timing"]["count"] == state["sketch"]["count"] == 1  # b took no time
+    state["timing"] = {**state["timing"], "count": 2, "m2": 0.0}
+    with pytest.raises(ValueError, match="timing counts 2 durations and sketch 1"):
+        Aggregate.from_state(state)
+    state = {**_mixed_state(), "end_ts": 1_799_999_999.0}
+    with pytest.raises(ValueError, match=r"end_ts 1799999999\.0 is before start_ts "
+                                         r"1800000000\.0"):
+        merge_states([state])
+
+
 def test_slowest_files_are_the_k_longest_across_merges() -> None:
     events: list[Event] = [(f"f{i}", 1e9, float(i), 0, 0, 0, SUCCESS, None, None, None)
                            for i in range(1, 101)]

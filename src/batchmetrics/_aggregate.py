@@ -351,7 +351,30 @@ class Aggregate:
             heapq.heappush(agg.slowest, (d, -agg._slow_seq, item[1], codes[item[2]]))
         agg.start_ts = _timestamp(_field(state, "start_ts"), "start_ts")
         agg.end_ts = _timestamp(_field(state, "end_ts"), "end_ts")
+        agg._check_consistent()
         return agg
+
+    def _check_consistent(self) -> None:
+        """Raise ``ValueError`` where the fields of a rebuilt state contradict each other
+        (a hand-edited or damaged file): every aggregate this code builds passes."""
+        parts = (self.processed_count, self.error_count, self.skip_count)
+        if self.total_files != sum(parts):
+            raise ValueError(
+                f"total_files {self.total_files} is not processed_count + error_count + "
+                f"skip_count ({' + '.join(map(str, parts))} = {sum(parts)})")
+        typed = sum(self.by_type.values()) + self.other_types
+        if typed > self.error_count:
+            raise ValueError(f"by_type and other_types count {typed} errors, more than "
+                             f"error_count {self.error_count}")
+        if self.timing.count != self.sketch.count:
+            raise ValueError(f"timing counts {self.timing.count} durations and sketch "
+                             f"{self.sketch.count}: they hold the same ones")
+        if self.timing.count > self.processed_count:
+            raise ValueError(f"timing counts {self.timing.count} durations, more than "
+                             f"processed_count {self.processed_count}")
+        if len(self.slowest) > self.slowest_k:
+            raise ValueError(f"slowest holds {len(self.slowest)} files, more than "
+                             f"slowest_k {self.slowest_k}")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Aggregate):
@@ -589,6 +612,8 @@ def _stamps_problem(agg: Aggregate) -> str | None:
         if ts is not None and not FIRST_STAMP <= ts < STAMPS_END:
             return (f"{name} must be a Unix time in [{FIRST_STAMP:.0f}, {STAMPS_END:.0f}) "
                     f"(years 1 to 9999), got {ts!r}")
+    if agg.start_ts is not None and agg.end_ts is not None and agg.end_ts < agg.start_ts:
+        return f"end_ts {agg.end_ts!r} is before start_ts {agg.start_ts!r}"
     return None
 
 
