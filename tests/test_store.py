@@ -285,7 +285,11 @@ async def test_file_rows_can_be_filtered_by_status_and_ranked_by_duration(db: Pa
         slowest_ok = history.slowest("job-q", 3, status="success")
         with pytest.raises(ValueError, match="status"):
             list(history.files("job-q", status="broken"))
-        assert list(history.files("no-such-batch")) == []
+        # a typo is not an empty run: the error comes at the call, with the id
+        with pytest.raises(KeyError, match="no batch 'job-Q' in "):
+            history.files("job-Q")
+        with pytest.raises(KeyError, match="no batch 'job-Q' in "):
+            history.slowest("job-Q", 3)
     assert [r.filename for r in errors] == [f"f{i}.wfm" for i in range(100) if i % 10 == 3]
     assert all(r.error_type == "ValueError" for r in errors)
     rows = m.get_file_metrics()

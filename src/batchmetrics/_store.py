@@ -1093,21 +1093,23 @@ class History:
         return [row[0] for row in reversed(before)] + [row[0] for row in after]
 
     def files(self, batch_id: str, *, status: str | None = None) -> Iterator[FileRecord]:
-        """The stored per-file rows of a run, in the order they were aggregated.
+        """The stored per-file rows of a run, in the order they were aggregated (none
+        for a run recorded without ``store_files=True``).
 
-        The arguments are checked at the call; the rows are read as they are iterated.
+        The arguments are checked at the call, and ``KeyError`` is raised there for a
+        batch id the history does not hold; the rows are read as they are iterated.
         """
         _check_batch_id(batch_id)
         code = None
         if status is not None:
             code = STATUS_CODES[_check_choice(status, "status", STATUS_CODES)]
-        return self._files(batch_id, code)
-
-    def _files(self, batch_id: str, code: int | None) -> Iterator[FileRecord]:
         ids = self._query("SELECT id FROM runs WHERE batch_id = ?", (batch_id,))
         if not ids:
-            return
-        run_id, seq = ids[0][0], -1
+            raise KeyError(f"no batch {batch_id!r} in {self.path}")
+        return self._files(ids[0][0], code)
+
+    def _files(self, run_id: int, code: int | None) -> Iterator[FileRecord]:
+        seq = -1
         # schema 1 had chunks only (a read-only History does not migrate the file; a
         # writer may have since: read the version now)
         version = self._query("PRAGMA user_version")[0][0]
@@ -1134,7 +1136,7 @@ class History:
                 yield from (r for r in records if r.status_code == code)
 
     def slowest(self, batch_id: str, n: int, *, status: str | None = None) -> list[FileRecord]:
-        """The ``n`` longest files of a run (longest first)."""
+        """The ``n`` longest files of a run (longest first); ``KeyError`` as ``files``."""
         n = _check_rows(n, "n")
         return heapq.nlargest(n, self.files(batch_id, status=status), key=_BY_DURATION)
 
