@@ -864,6 +864,37 @@ def test_a_run_with_a_damaged_summary_or_state_is_one_clear_line(
         assert ("healthy" in result.stdout) == (command[0] == "list"), command
 
 
+@pytest.mark.parametrize(("old", "new"), [
+    (b"\x00\xc0\xc0\xc0\x9a", b"\x07\xc0\xc0\xc0\x9a"),  # a status no record has
+    (b"f100.wfm", b"f100.\xfffm"),  # a name that is not UTF-8
+])
+def test_a_damaged_file_row_is_one_clear_line(tmp_path: Path, old: bytes, new: bytes) -> None:
+    # `files` crashed with a traceback (IndexError, UnicodeDecodeError) on such a row
+    db = tmp_path / "history.db"
+
+    async def build() -> None:
+        async with BatchMetrics("r", store=db, store_files=True) as m:
+            for i in range(200):
+                await m.record_file(f"f{i}.wfm", duration=0.5, samples=i)
+
+    anyio.run(build)
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        (packed,) = conn.execute("SELECT rows FROM file_packs").fetchone()
+        at = packed.index(b"f100.wfm")
+        # the row's status code (0) is followed by its three empty fields (nil nil nil)
+        # and the next row's array header
+        damaged = packed[:at] + packed[at:].replace(old, new, 1)
+        assert damaged != packed
+        conn.execute("UPDATE file_packs SET rows = ?", (damaged,))
+    for command in (["files", "r"], ["files", "--json", "r"], ["files", "r", "--slowest", "3"]):
+        result = cli(*command, db=db)
+        assert result.returncode == 2, (command, result.stderr)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"batchmetrics: run 'r' in {db}: a pack of file rows is "
+                               "damaged: "), line
+        assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(("field", "value"), [("start_ts", 1e300), ("end_ts", -1e300)])
 def test_a_stored_state_with_a_stamp_no_date_can_show_is_one_clear_line(
         tmp_path: Path, field: str, value: float) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import numpy as np
 import pytest
 
@@ -338,6 +339,45 @@ def test_packs_round_trip_and_refuse_what_msgpack_cannot_hold() -> None:
         decode_pack(41, builder.pack())
     with pytest.raises(HistoryError, match="damaged"):
         decode_pack(40, builder.pack()[:-3])
+
+
+@pytest.mark.parametrize(("row", "where"), [
+    (["a", 1.0, 0.5, 1, 1, 1, 7, None, None, None], "$[0][6]"),  # no such status
+    (["a", 1.0, 0.5, 1, None, 1, 0, None, None, None], "$[0][4]"),  # a count gone
+    (["a", 1.0, 0.5, -1, 1, 1, 0, None, None, None], "$[0][3]"),  # a negative count
+    (["a", 1.0, -0.5, 1, 1, 1, 0, None, None, None], "$[0][2]"),  # a negative duration
+    (["a", 1.0, 0.5, 1, 1, 1, 1, 3, None, None], "$[0][7]"),  # an error type not text
+    ([5, 1.0, 0.5, 1, 1, 1, 0, None, None, None], "$[0][0]"),  # a name not text
+    (["a", 1.0, 0.5, 1, 1, 1, 0, None, None], "$[0]"),  # a field short
+])
+def test_a_pack_row_no_record_call_could_write_is_reported_as_damage(
+        row: list[object], where: str) -> None:
+    # read as it was, it crashed `files` (a status 7 named no status) or printed
+    # "measurements": None, which is not JSON
+    with pytest.raises(HistoryError,
+                       match=rf"a pack of file rows is damaged: .*{re.escape(where)}"):
+        decode_pack(1, msgspec.msgpack.encode([row]))
+
+
+def test_a_pack_with_text_that_is_not_utf8_is_reported_as_damage() -> None:
+    builder = PackBuilder()
+    assert builder.add([("name", 1.0, 0.5, 1, 1, 1, 0, None, None, None)])
+    packed = builder.pack().replace(b"name", b"n\xffme")
+    with pytest.raises(HistoryError, match="a pack of file rows is damaged"):
+        decode_pack(1, packed)
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    (8, b"\x07"),  # no such status
+    (5, "[-3]"),  # a negative count, in the JSON form of a column
+    (1, b"\xff"),  # a name that is not UTF-8
+])
+def test_a_chunk_row_no_record_call_could_write_is_reported_as_damage(
+        column: int, value: object) -> None:
+    columns = list(encode_chunk([("a", 1.0, 0.5, 1, 1, 1, 0, None, None, None)]))
+    columns[column] = value
+    with pytest.raises(HistoryError, match="a chunk of file rows is damaged"):
+        decode_chunk(columns)
 
 
 @pytest.mark.asyncio

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from itertools import accumulate, compress, pairwise, repeat
 from operator import attrgetter, countOf, is_not, itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 import aiofiles.os
 import aiosqlite
@@ -292,15 +292,27 @@ class PackBuilder:
         return _array_header(self.n) + b"".join(self._parts)
 
 
+class _DamagedRows(HistoryError):
+    """A pack or chunk of per-file rows that no record call could have written."""
+
+
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+_Seconds = Annotated[float, msgspec.Meta(ge=0)]
+#: A stored row as the record calls check it (the event layout), checked in C as it is
+#: decoded: a damaged row is an error, never a record with a field of the wrong type.
+_PACK_ROWS = msgspec.msgpack.Decoder(list[tuple[
+    str, float, _Seconds, _Count, _Count, _Count, Literal[0, 1, 2],
+    str | None, str | None, _Count | None]])
+
+
 def decode_pack(n: int, rows: bytes) -> list[FileRecord]:
     """The records of one pack (``n`` files, msgpack ``rows``)."""
     try:
-        items = msgspec.msgpack.decode(rows)
-    except msgspec.DecodeError as exc:
-        raise HistoryError(f"a pack of file rows is damaged: {exc}") from None
-    if not isinstance(items, list) or len(items) != n \
-            or not all(isinstance(r, list) and len(r) == 10 for r in items):
-        raise HistoryError(f"a pack of file rows is damaged: expected {n} rows of 10 fields")
+        items = _PACK_ROWS.decode(rows)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError included
+        raise _DamagedRows(f"a pack of file rows is damaged: {exc}") from None
+    if len(items) != n:
+        raise _DamagedRows(f"a pack of file rows is damaged: {len(items)} rows, expected {n}")
     return list(map(FileRecord._make, items))
 
 
@@ -387,6 +399,35 @@ def encode_chunk(events: Sequence[Event]) -> tuple[Any, ...]:
 
 def decode_chunk(row: Sequence[Any]) -> list[FileRecord]:
     """The records of one chunk, from its column values (as ``encode_chunk`` returns them)."""
+    try:
+        records = _decode_chunk(row)
+    except (ValueError, TypeError, AttributeError) as exc:  # UnicodeDecodeError, JSON's too
+        raise _DamagedRows(f"a chunk of file rows is damaged: {exc}") from None
+    problem = _chunk_problem(records)
+    if problem:
+        raise _DamagedRows(f"a chunk of file rows is damaged: {problem}")
+    return records
+
+
+def _chunk_problem(records: list[FileRecord]) -> str | None:
+    """What no record call could have written in these rows, or ``None`` (chunks are
+    rare: checked in Python)."""
+    def count(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    for r in records:
+        if not (isinstance(r.filename, str) and isinstance(r.end_time, float)
+                and isinstance(r.duration, float) and r.duration >= 0
+                and count(r.samples) and count(r.measurements) and count(r.bytes_processed)
+                and r.status_code in (0, 1, 2)
+                and (r.error_type is None or isinstance(r.error_type, str))
+                and (r.error_message is None or isinstance(r.error_message, str))
+                and (r.memory_peak is None or count(r.memory_peak))):
+            return f"the row of {r.filename!r} has a field out of its type or range"
+    return None
+
+
+def _decode_chunk(row: Sequence[Any]) -> list[FileRecord]:
     (n, names, lengths, ends, durations, samples, measurements, nbytes, status, etypes,
      emsgs, peaks) = row
     text = names.decode("utf-8", "surrogatepass")
@@ -404,7 +445,7 @@ def decode_chunk(row: Sequence[Any]) -> list[FileRecord]:
         _unsparse(peaks, n),
     )
     if any(len(c) != n for c in columns) or offsets[-1] != len(text):
-        raise HistoryError(f"a chunk of file rows is damaged: expected {n} rows in every column")
+        raise ValueError(f"expected {n} rows in every column")
     return list(map(FileRecord._make, zip(*columns, strict=True)))
 
 
@@ -1106,9 +1147,15 @@ class History:
         ids = self._query("SELECT id FROM runs WHERE batch_id = ?", (batch_id,))
         if not ids:
             raise KeyError(f"no batch {batch_id!r} in {self.path}")
-        return self._files(ids[0][0], code)
+        return self._files(batch_id, ids[0][0], code)
 
-    def _files(self, run_id: int, code: int | None) -> Iterator[FileRecord]:
+    def _files(self, batch_id: str, run_id: int, code: int | None) -> Iterator[FileRecord]:
+        try:
+            yield from self._run_files(run_id, code)
+        except _DamagedRows as exc:  # say whose rows, and where
+            raise HistoryError(f"run {batch_id!r} in {self.path}: {exc}") from None
+
+    def _run_files(self, run_id: int, code: int | None) -> Iterator[FileRecord]:
         seq = -1
         # schema 1 had chunks only (a read-only History does not migrate the file; a
         # writer may have since: read the version now)
