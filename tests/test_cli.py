@@ -717,11 +717,13 @@ def test_an_unknown_batch_id_in_a_large_history_still_names_the_closest(
     assert "did you mean 'nightly-001', 'nightly-002'" in cli("stats", "nightly-01", db=db).stderr
 
 
-@pytest.mark.parametrize("kind", ["missing", "folder", "garbage", "empty-sqlite"])
+@pytest.mark.parametrize("kind", ["missing", "folder", "garbage", "empty-sqlite", "fifo"])
 def test_a_missing_or_damaged_history_is_one_clear_line(kind: str, tmp_path: Path) -> None:
     db = tmp_path / "history.db"
     if kind == "folder":
         db.mkdir()
+    elif kind == "fifo":  # opening it to read waited for a writer: the command hung
+        os.mkfifo(db)
     elif kind == "garbage":
         db.write_bytes(os.urandom(4096))
     elif kind == "empty-sqlite":
@@ -729,8 +731,8 @@ def test_a_missing_or_damaged_history_is_one_clear_line(kind: str, tmp_path: Pat
 
         sqlite3.connect(db).close()
         db.write_bytes(b"")
-    for command in (["list"], ["stats", "x"]):
-        result = cli(*command, db=db)
+    for command in (["list"], ["stats", "x"], ["watch", "x"]):
+        result = cli(*command, db=db, timeout=20)
         assert result.returncode == 2
         assert result.stdout == ""
         assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -482,6 +482,17 @@ async def test_a_file_that_is_not_a_database_is_refused_clearly(db: Path) -> Non
 
 
 @pytest.mark.asyncio
+async def test_a_fifo_is_refused_as_a_history_before_it_is_opened(db: Path) -> None:
+    os.mkfifo(db)  # History's read-only open of it waited for a writer, forever
+    with pytest.raises(HistoryError, match="is not a regular file, so not a history database"):
+        History(db)
+    with pytest.raises(HistoryError, match=r"cannot use .* as a batchmetrics history: it is "
+                                           "not a regular file"):
+        await Store(db).begin(BatchMetrics("job-x"))
+    assert db.is_fifo()
+
+
+@pytest.mark.asyncio
 async def test_history_reads_check_their_arguments_at_the_call(db: Path) -> None:
     async with BatchMetrics("job-args", store=db, store_files=True) as m:
         await record_mixed(m, 30)

@@ -757,6 +757,10 @@ class Store:
         if not await aiofiles.os.path.isdir(folder):
             raise HistoryError(f"cannot create the history {self.path!r}: its folder "
                                f"{folder!r} does not exist")
+        if await aiofiles.os.path.exists(self.path) and \
+                not await aiofiles.os.path.isfile(self.path):
+            raise HistoryError(f"cannot use {self.path!r} as a batchmetrics history: it is "
+                               "not a regular file")
         try:
             conn = await aiosqlite.connect(self.path, isolation_level=None,
                                            timeout=min(self.busy_timeout, _BUSY_SLICE))
@@ -997,6 +1001,8 @@ class History:
             raise HistoryError(f"no history database at {self.path}")
         if p.is_dir():
             raise HistoryError(f"{self.path} is a directory, not a history database")
+        if not p.is_file():  # reading a FIFO would wait for a writer, forever
+            raise HistoryError(f"{self.path} is not a regular file, so not a history database")
         try:
             self._conn = sqlite3.connect(p.absolute().as_uri() + "?mode=ro", uri=True,
                                          timeout=30.0)
