@@ -204,6 +204,48 @@ async def test_export_onto_a_directory_raises_export_error_and_leaves_it_intact(
 
 @pytest.mark.asyncio
 @both_kinds
+@pytest.mark.parametrize("link", [False, True])
+async def test_export_onto_a_fifo_is_refused_and_leaves_it_a_fifo(
+        tmp_path: Path, kind: str, link: bool) -> None:
+    # it was replaced by a regular file: a reader waiting on the FIFO never got a byte
+    # (and, as root, an export to /dev/null replaced the system's /dev/null)
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    target = fifo
+    if link:
+        target = tmp_path / "link"
+        target.symlink_to(fifo)
+    async with BatchMetrics("b") as m:
+        await _mixed(m, 5)
+    with pytest.raises(ExportError, match=r"could not write .*: it is not a regular file"):
+        await (m.export_json(target) if kind == "json" else m.export_csv(target))
+    assert fifo.is_fifo()
+    assert target.is_symlink() == link
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"out.fifo", target.name})
+
+
+@pytest.mark.asyncio
+@both_kinds
+async def test_an_export_keeps_the_permissions_of_the_file_it_replaces(
+        tmp_path: Path, kind: str) -> None:
+    # a private export came back readable by everyone (0o644 under umask 022)
+    out = tmp_path / f"private.{kind}"
+    out.write_text("old")
+    out.chmod(0o600)
+    async with BatchMetrics("b") as m:
+        await m.record_error("a.wfm", "PermissionError", "token=s3cret rejected")
+    await (m.export_json(out) if kind == "json" else m.export_csv(out))
+    assert "s3cret" in out.read_text()
+    assert out.stat().st_mode & 0o777 == 0o600
+    fresh = tmp_path / f"fresh.{kind}"
+    await (m.export_json(fresh) if kind == "json" else m.export_csv(fresh))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.asyncio
+@both_kinds
 async def test_export_into_a_missing_folder_raises_export_error(
     tmp_path: Path, kind: str
 ) -> None:

@@ -377,6 +377,21 @@ def test_cli_merge_keeps_the_mode_of_the_file_it_replaces(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json", "out.json"]  # no temp left
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_cli_merge_refuses_to_replace_a_fifo(export: dict[str, Any], tmp_path: Path) -> None:
+    # -o on a FIFO (or /dev/stdout, a link to one) replaced it with a regular file
+    (tmp_path / "in.json").write_text(json.dumps(export))
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    result = cli_with_umask(0o022, "merge", tmp_path / "in.json", "-o", fifo)
+    assert result.returncode == 2
+    assert result.stderr == (f"batchmetrics: cannot write {fifo}: it is not a regular file (a "
+                             "device, a FIFO or a socket), which writing a new file in its "
+                             "place would replace; -o - writes to standard output\n")
+    assert fifo.is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json", "out.fifo"]
+
+
 def test_cli_merge_of_states_whose_sum_leaves_the_float_range_is_one_line(
         tmp_path: Path, export: dict[str, Any]) -> None:
     big = json.loads(json.dumps(export))

@@ -534,11 +534,17 @@ async def test_a_start_refused_by_the_history_leaves_the_sinks_files_alone(
     (".", r"cannot write summary_path .* it is a folder"),
     # replaced by a regular file at the first write (as root, /dev/null was)
     ("pipe", r"cannot write summary_path .* it is not a regular file"),
+    # a link to one too: the link was replaced, not the FIFO, but a reader of the link
+    # waits on the FIFO
+    ("link-to-pipe", r"cannot write summary_path .* it is not a regular file"),
 ])
 async def test_a_summary_file_that_cannot_be_written_fails_the_start(
         tmp_path: Path, where: str, message: str) -> None:
     if where == "pipe":
         os.mkfifo(tmp_path / where)
+    elif where == "link-to-pipe":
+        os.mkfifo(tmp_path / "pipe")
+        (tmp_path / where).symlink_to(tmp_path / "pipe")
     m = BatchMetrics("no-folder", summary_path=tmp_path / where)
     with pytest.raises(ValueError, match=message):
         async with m:

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import secrets
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,7 +38,7 @@ from wcwidth import wcswidth
 from ._aggregate import merge_states
 from ._display import fmt_count
 from ._events import STATUS_NAMES, FileRecord, is_finite_number
-from ._export import temp_name
+from ._export import replaced_mode, temp_name
 from ._render import json_text
 from ._store import MAX_ROWS, RUN_STATUSES, History, HistoryError, StoredRun
 from ._summary import BatchMetricsSummary
@@ -726,12 +725,14 @@ def write_atomic(path: str, text: str) -> None:
     """Replace ``path`` with ``text``: a temp file beside it, fsync, ``os.replace``.
 
     The result keeps the mode of the file it replaces; a new file gets ``0o666 & ~umask``.
+    ``ValueError`` for a path that is, or links to, a device, a FIFO or a socket.
     """
+    mode = replaced_mode(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = _new_temp(folder, os.path.basename(path))
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        if mode is not None:
+            os.chmod(tmp, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -801,6 +802,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
         write_atomic(args.output, text + "\n")
     except OSError as exc:
         raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a device or a FIFO: -o - writes to standard output
+        raise CliError(f"cannot write {args.output}: {exc}; -o - writes to standard "
+                       "output") from None
     print(f"merged {fmt_count(len(states), 'state')} ({fmt_count(agg.total_files, 'file')}) "
           f"into {args.output}", file=sys.stderr)
     return 0

@@ -67,7 +67,7 @@ from ._events import (
     check_path,
     check_status,
 )
-from ._export import write_csv, write_json, write_text_atomic
+from ._export import replaced_mode, write_csv, write_json, write_text_atomic
 from ._files import FileTable
 from ._render import file_row_dict, json_text
 from ._sinks import Sink, _FileSink, check_sink
@@ -1651,8 +1651,10 @@ def _unwritable(path: str, replaced: bool) -> str | None:
     if mode is not None and stat.S_ISDIR(mode):
         return "it is a folder"
     if replaced:
-        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-            return "it is not a regular file (it would be replaced by one)"
+        try:
+            replaced_mode(path)  # a link too: to a device, a FIFO, ...
+        except ValueError as exc:
+            return str(exc)
         writable = os.access(folder, os.W_OK | os.X_OK)
     else:
         writable = os.access(path if mode is not None else folder, os.W_OK)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import stat
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
@@ -84,22 +85,48 @@ def _drop_unclaimed(tmp: str, opening: asyncio.Future[Any]) -> None:
             os.remove(tmp)
 
 
+def replaced_mode(target: str) -> int | None:
+    """The permission bits the file replacing ``target`` keeps: those of the regular file
+    there now, or ``None`` (nothing there, or a link: a new file's mode). ``ValueError``
+    if ``target`` is, or links to, something a regular file must not replace (a device,
+    a FIFO, a socket): replacing ``/dev/null`` or a FIFO a reader waits on breaks them.
+    Blocking: call it in a file thread."""
+    try:
+        st = os.stat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # nothing there, or a dangling link (replaced as a file)
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError("it is a folder")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("it is not a regular file (a device, a FIFO or a socket), which "
+                         "writing a new file in its place would replace")
+    return None if os.path.islink(target) else stat.S_IMODE(st.st_mode)
+
+
 @asynccontextmanager
 async def atomic_text_file(path: str | os.PathLike[str]) -> AsyncIterator[AsyncTextIOWrapper]:
     """Open a temp file beside ``path``; on success it replaces ``path`` atomically.
 
-    A cancelled or failed write leaves the previous file, and neither an open file nor
-    a temp file behind (on a hung disk it gives up waiting for that after a moment).
+    The new file keeps the permission bits of the one it replaces (an export of a
+    private file stays private). A cancelled or failed write leaves the previous file,
+    and neither an open file nor a temp file behind (on a hung disk it gives up waiting
+    for that after a moment).
     """
     target = os.fspath(path)
+    loop = asyncio.get_running_loop()
+    try:
+        mode = await loop.run_in_executor(FILE_EXECUTOR, replaced_mode, target)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"could not write {target!r}: {exc}") from exc
     tmp = _temp_path(target)
     try:
         f = await _open_temp(tmp)
         try:
+            if mode is not None:
+                await loop.run_in_executor(FILE_EXECUTOR, os.chmod, tmp, mode)
             yield f
             await f.flush()
-            await asyncio.get_running_loop().run_in_executor(FILE_EXECUTOR, os.fsync,
-                                                             f.fileno())
+            await loop.run_in_executor(FILE_EXECUTOR, os.fsync, f.fileno())
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_WAIT):
                 await f.close()
