@@ -176,6 +176,24 @@ def test_file_row_dict_has_the_reference_columns_in_order() -> None:
     assert file_row_dict(("b", 0.0, 0.0, 5, 0, 0, 2, None, "", None))["start_time"] is None
 
 
+plain_names = st.text(alphabet=st.characters(codec="utf-8", exclude_characters=',"\r\n\x00'),
+                      max_size=30)
+
+
+@given(st.lists(st.one_of(events_st(), events_st().map(lambda ev: (
+    "plain.wfm", *ev[1:7], None, None, None))), max_size=40), st.lists(plain_names, max_size=40))
+def test_csv_rows_are_the_csv_modules_text_exactly(events: list[Event], names: list[str]) -> None:
+    # most rows are formatted without csv.writer: the text must be the one it writes
+    events = [(name, *ev[1:]) for name, ev in zip(names, events, strict=False)] + \
+        events[len(names):]
+    buf = io.StringIO()
+    csv.writer(buf).writerows(
+        [ev[0], iso_timestamp(ev[1] - ev[2]) if ev[1] - ev[2] else None,
+         iso_timestamp(ev[1]) if ev[1] else None, ev[2], ev[3], ev[4], STATUS_NAMES[ev[6]],
+         ev[7], ev[8], ev[9], ev[3] / ev[2] if ev[2] > 0 else 0, ev[5]] for ev in events)
+    assert csv_rows(events) == buf.getvalue()
+
+
 @given(st.lists(events_st(), max_size=10))
 def test_csv_rows_parse_back_with_dictreader(events: list[Event]) -> None:
     text = csv_header() + csv_rows(events)

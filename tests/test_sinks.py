@@ -357,6 +357,65 @@ async def test_a_sink_fed_one_record_at_a_time_writes_every_line_in_order(
     assert sink.rows == 5000
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [CsvSink, JsonlSink])
+async def test_a_large_batch_gives_the_event_loop_turns_while_it_is_rendered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: type[CsvSink | JsonlSink]) -> None:
+    # a fold of 4,096 CSV rows held the loop for 40-140 ms: now it yields every _TURN
+    # seconds (0 here: after every slice of rows)
+    monkeypatch.setattr(_sinks, "_TURN", 0.0)
+    sink = kind(tmp_path / "out")
+    records = _records(4096)
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await anyio.lowlevel.checkpoint()
+            turns += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(count_turns)
+        await anyio.lowlevel.checkpoint()  # the counter is waiting for its turn
+        before = turns
+        await sink.write(records)
+        during = turns - before
+        tg.cancel_scope.cancel()
+    assert during >= 4096 // _sinks._SLICE - 1  # a turn between every two slices
+    await sink.aclose()
+    assert sink.rows == 4096
+    text = (tmp_path / "out").read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 4096 + (kind is CsvSink)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [CsvSink, JsonlSink])
+async def test_a_write_cancelled_at_one_of_its_turns_still_takes_every_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: type[CsvSink | JsonlSink]) -> None:
+    # the consumer's fold counted the batch: the sink must hold all of it, as it did
+    # when the whole batch was rendered before any wait
+    monkeypatch.setattr(_sinks, "_TURN", 0.0)
+    sink = kind(tmp_path / "out")
+    records = _records(3000)
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            async def cancel_soon() -> None:
+                await anyio.lowlevel.checkpoint()
+                scope.cancel()  # lands at the write's first or second turn
+
+            tg.start_soon(cancel_soon)
+            await sink.write(records)
+    assert scope.cancelled_caught
+    assert sink.rows == 3000
+    await sink.aclose()
+    lines = (tmp_path / "out").read_text(encoding="utf-8").splitlines()
+    if kind is CsvSink:
+        assert [row[0] for row in csv.reader(lines[1:])] == [r.filename for r in records]
+    else:
+        assert [json.loads(line)["filename"] for line in lines] == \
+            [r.filename for r in records]
+
+
 _SHORT_WRITE = """
 import resource, signal, sys
 import anyio

@@ -335,14 +335,51 @@ def csv_header() -> str:
     return buf.getvalue()
 
 
-def csv_rows(events: Sequence[Event]) -> str:
-    """Events as CSV lines (``csv`` module quoting; ``None`` as empty, like ``DictWriter``)."""
+#: A plain event's CSV line (its three optional fields empty), as ``csv.writer`` writes
+#: it when no field needs quotes: floats as ``repr``, the excel dialect's ``\r\n``.
+_CSV_PLAIN = "%s,%s,%s,%r,%s,%s,%s,,,,%r,%s\r\n"
+#: What makes ``csv.writer`` quote a file name (NUL: left to it, whatever it does).
+_CSV_SPECIAL = re.compile('[,"\r\n\x00]')
+
+
+def _csv_writer_rows(plain: list[Event], mask: bytearray | None,
+                     events: Sequence[Event]) -> str:
     buf = io.StringIO()
-    if events:
-        plain, mask = _split_plain(events)
-        rows = _plain_rows(plain)
-        csv.writer(buf).writerows(_merge(mask, rows, events, _csv_values))
+    csv.writer(buf).writerows(_merge(mask, _plain_rows(plain), events, _csv_values))
     return buf.getvalue()
+
+
+def _csv_line(ev: Event) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(_csv_values(ev))
+    return buf.getvalue()
+
+
+def csv_rows(events: Sequence[Event]) -> str:
+    """Events as CSV lines (``csv`` module quoting; ``None`` as empty, like ``DictWriter``).
+
+    Plain events (see ``_split_plain``) whose names need no quotes, nearly all of them,
+    are formatted in one ``%`` each, about twice as fast as ``csv.writer``, to the same
+    text; the rest go through ``csv.writer``.
+    """
+    if not events:
+        return ""
+    plain, mask = _split_plain(events)
+    names = list(map(_G[0], plain))
+    if _CSV_SPECIAL.search("".join(names)):
+        return _csv_writer_rows(plain, mask, events)
+    durations = list(map(_G[2], plain))
+    ends = list(map(_G[1], plain))
+    samples = list(map(_G[3], plain))
+    start_texts = iso_timestamps(list(map(sub, ends, durations)))
+    end_texts = iso_timestamps(ends)
+    if None in start_texts or None in end_texts:  # a time of 0: written as empty
+        return _csv_writer_rows(plain, mask, events)
+    lines = map(_CSV_PLAIN.__mod__, zip(
+        names, start_texts, end_texts, durations, samples, map(_G[4], plain),
+        map(STATUS_NAMES.__getitem__, map(_G[6], plain)),
+        map(truediv, samples, durations), map(_G[5], plain), strict=True))
+    return "".join(_merge(mask, lines, events, _csv_line))
 
 
 def json_text(obj: Any) -> str:
@@ -397,7 +434,7 @@ def export_json_chunks(
     summary: dict[str, Any],
     state: dict[str, Any] | None,
     events: Iterable[Event],
-    chunk_rows: int = 5000,
+    chunk_rows: int = 2000,
 ) -> Iterator[str]:
     """The JSON export ``{"summary", "files", "state"}`` as text chunks.
 
