@@ -24,6 +24,7 @@ import pytest
 from batchmetrics import (
     BatchMetrics,
     BatchMetricsSummary,
+    ExportError,
     FileMetrics,
     History,
     HistoryError,
@@ -34,6 +35,7 @@ from batchmetrics._store import (
     STALE_MIN_SECONDS,
     ChunkBuilder,
     PackBuilder,
+    StoredRun,
     decode_chunk,
     decode_pack,
     derive_status,
@@ -112,6 +114,44 @@ async def test_checkpoints_write_the_current_counts_every_interval(db: Path) -> 
         assert run.summary["total_files"] == 40
         assert run.summary["state"] == "running"
         assert run.state["total_files"] == 40
+
+
+@pytest.mark.asyncio
+async def test_checkpoints_go_on_when_the_summary_file_cannot_be_written(
+        db: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # they were in the summary file's try: its first failure skipped them, and after
+    # 30 s `batchmetrics list` showed the live run as interrupted
+    folder = tmp_path / "dash"
+    folder.mkdir()
+    m = BatchMetrics("job-tick", store=db, interval=0.05, summary_path=folder / "s.json")
+
+    seen: list[StoredRun | None] = []
+
+    async def run_it() -> None:
+        async with m:
+            await record_mixed(m, 10)
+            await m.snapshot()
+            await anyio.sleep(0.2)
+            (folder / "s.json").unlink()
+            folder.rmdir()
+            await record_mixed(m, 30)
+            await m.snapshot()
+            await anyio.sleep(0.4)  # 8 rounds of the summary file failing
+            with History(db) as history:
+                seen.append(history.get("job-tick"))
+
+    with pytest.raises(ExportError):  # the final summary file cannot be written either
+        await run_it()
+    (run,) = seen
+    assert run is not None
+    assert (run.status, run.summary["total_files"]) == ("running", 40)
+    failures = [r for r in caplog.records if "periodic summary file" in r.getMessage()]
+    assert len(failures) >= 2
+    # its traceback once, then a line a round, not the same traceback every interval
+    assert failures[0].exc_info is not None
+    assert all(r.exc_info is None and r.getMessage().endswith("failed again")
+               for r in failures[1:])
+    assert not [r for r in caplog.records if "checkpoint" in r.getMessage()]
 
 
 @pytest.mark.asyncio

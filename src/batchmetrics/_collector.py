@@ -221,6 +221,8 @@ class BatchMetrics:
         self._clock: Callable[[], float] = time.monotonic if clock is None else clock
         self._clock_offset = 0.0
         self._summary_path = summary_path
+        #: The last failure of each periodic output, while it keeps failing.
+        self._tick_errors: dict[str, str] = {}
         self._display = display
         self._store_arg = store
         self._store: Store | None = None
@@ -824,14 +826,15 @@ class BatchMetrics:
 
     async def _tick_once(self) -> None:
         summary = self.summary()
-        try:
-            if self._summary_path is not None:
-                await write_text_atomic(self._summary_path, json_text(summary.to_dict()))
-            if self._store is not None:
-                await self._store.checkpoint(self)
-        except Exception:
-            logger.warning("batchmetrics: periodic output of batch %r failed",
-                           self.batch_id, exc_info=True)
+        # apart: a summary file that cannot be written must not stop the checkpoints
+        # (the run would look interrupted to `batchmetrics list` while it goes on)
+        if self._summary_path is not None:
+            path = self._summary_path
+            await self._periodic("summary file", lambda: write_text_atomic(
+                path, json_text(summary.to_dict())))
+        if self._store is not None:
+            store = self._store
+            await self._periodic("history checkpoint", lambda: store.checkpoint(self))
         if self._display_obj is not None:
             try:
                 self._display_obj.update(summary)
@@ -839,6 +842,28 @@ class BatchMetrics:
                 logger.warning("batchmetrics: the display of batch %r failed; it is off "
                                "from now on", self.batch_id, exc_info=True)
                 self._close_display(summary)
+
+    async def _periodic(self, what: str, write: Callable[[], Awaitable[None]]) -> None:
+        """Run one periodic write; a failure is logged, with its traceback when it is
+        new (not of the kind the last round of this output logged: a full disk would
+        log the same traceback every interval), and the output is tried again next
+        round."""
+        try:
+            await write()
+        except Exception as exc:
+            # the kind of failure: its text may name a fresh temp file each round
+            cause = exc.__cause__
+            text = f"{type(exc).__name__} {getattr(exc, 'errno', None)} " \
+                f"{type(cause).__name__} {getattr(cause, 'errno', None)}"
+            repeated = self._tick_errors.get(what) == text
+            self._tick_errors[what] = text
+            logger.warning("batchmetrics: the periodic %s of batch %r failed%s", what,
+                           self.batch_id, " again" if repeated else "",
+                           exc_info=None if repeated else True)
+        else:
+            if self._tick_errors.pop(what, None) is not None:
+                logger.warning("batchmetrics: the periodic %s of batch %r works again",
+                               what, self.batch_id)
 
     # -- recording ----------------------------------------------------------------------
 
