@@ -246,6 +246,10 @@ class _FileSink:
         """In the executor: write, then close the file if ``aclose`` asked for it meanwhile."""
         try:
             _write_all(f, pieces)
+        except OSError as exc:
+            if exc.filename is None:  # writev's error names no file: say which one
+                raise OSError(exc.errno, exc.strerror, self.path) from exc
+            raise
         finally:
             with self._job_lock:
                 self._job_running = False
