@@ -632,6 +632,71 @@ def test_history_path_is_checked_like_a_store_path(tmp_path: Path) -> None:
         History(str(tmp_path / "a\0b.db"))
 
 
+@contextlib.contextmanager
+def _read_only_folder(folder: Path) -> Iterator[Path]:
+    """``folder`` seen read-only: a read-only bind mount as root (who may write anywhere
+    else), a folder without write permission otherwise."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            folder.chmod(0o755)
+        return
+    view = folder.with_name(folder.name + "-ro")
+    view.mkdir(exist_ok=True)
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(view)],
+                      capture_output=True, check=False).returncode:
+        pytest.skip("cannot make a read-only mount here")
+    try:
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX permissions")
+@pytest.mark.asyncio
+async def test_a_history_on_read_only_media_is_read(tmp_path: Path) -> None:
+    # SQLite cannot make the -shm file a WAL reader needs there: every command said
+    # the file "is not a batchmetrics history database"
+    folder = tmp_path / "media"
+    folder.mkdir()
+    async with BatchMetrics("burned", store=folder / "h.db", store_files=True) as m:
+        await record_mixed(m, 30)
+    assert sorted(p.name for p in folder.iterdir()) == ["h.db"]  # closed cleanly
+    with _read_only_folder(folder) as ro, History(ro / "h.db") as history:
+        run = history.get("burned")
+        assert run is not None
+        assert run.summary["total_files"] == 30
+        assert len(list(history.files("burned"))) == 30
+    # a -wal file beside it may hold writes the file lacks: not read without them
+    (folder / "h.db-wal").write_bytes(b"\0" * 100)
+    with _read_only_folder(folder) as ro, \
+            pytest.raises(HistoryError, match=r"cannot open .*h\.db: unable to open"):
+        History(ro / "h.db")
+
+
+@pytest.mark.asyncio
+async def test_a_history_another_process_holds_locked_says_so(db: Path) -> None:
+    async with BatchMetrics("held", store=db) as m:
+        await record_mixed(m, 3)
+    holder = sqlite3.connect(db)
+    try:
+        holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("UPDATE runs SET pid = pid")
+        with pytest.raises(HistoryError, match=r"cannot read .*: another process holds it "
+                                               r"locked \(database is locked\)"):
+            History(db, busy_timeout=0.2)
+        with pytest.raises(ValueError, match="busy_timeout must be a finite number of "
+                                             "seconds > 0, got 0"):
+            History(db, busy_timeout=0)
+    finally:
+        holder.close()
+    with History(db) as history:  # once it lets go
+        assert history.get("held") is not None
+
+
 def test_history_explains_missing_files_folders_and_foreign_databases(tmp_path: Path) -> None:
     with pytest.raises(HistoryError, match="no history database"):
         History(tmp_path / "missing.db")

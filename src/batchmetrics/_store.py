@@ -532,6 +532,19 @@ def _check_choice(value: object, name: str, choices: Iterable[str]) -> str:
     return value
 
 
+def _check_busy_timeout(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"busy_timeout must be a number of seconds, got "
+                        f"{type(value).__name__} {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int past the float range
+        seconds = math.inf
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise ValueError(f"busy_timeout must be a finite number of seconds > 0, got {value!r}")
+    return seconds
+
+
 def _check_file_path(value: object) -> str:
     """``check_path``, and no NUL character (no file can be named so)."""
     path = check_path(value, "path")
@@ -562,16 +575,7 @@ class Store:
         if path == ":memory:":
             raise ValueError(f"path must be a file for the history to outlive the batch, "
                              f"got {path!r}")
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float):
-            raise TypeError(f"busy_timeout must be a number of seconds, got "
-                            f"{type(busy_timeout).__name__} {busy_timeout!r}")
-        try:
-            seconds = float(busy_timeout)
-        except OverflowError:  # an int past the float range
-            seconds = math.inf
-        if not seconds > 0 or not math.isfinite(seconds):
-            raise ValueError(f"busy_timeout must be a finite number of seconds > 0, got "
-                             f"{busy_timeout!r}")
+        seconds = _check_busy_timeout(busy_timeout)
         if isinstance(flush_rows, bool) or not isinstance(flush_rows, int):
             raise TypeError(f"flush_rows must be an int, got "
                             f"{type(flush_rows).__name__} {flush_rows!r}")
@@ -948,6 +952,21 @@ def derive_status(status: str, host: str, pid: int, interval: float, updated_at:
     return "running"
 
 
+def _read_only_copy(p: Path, exc: sqlite3.OperationalError) -> bool:
+    """Whether ``p`` failed to open only because its folder cannot be written (read-only
+    media: no -shm file can be made) and can be read as it is: no -wal file with
+    writes the file itself lacks (the last writer closed it cleanly)."""
+    if "unable to open" not in str(exc) or os.access(p.parent, os.W_OK):
+        return False
+    wal = p.with_name(p.name + "-wal")
+    try:
+        return wal.stat().st_size == 0
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class StoredRun:
     """One run in the history, as last written.
@@ -989,13 +1008,16 @@ RUN_STATUSES: Final = ("running", "finished", "failed", "cancelled", "interrupte
 class History:
     """Read the history file (synchronously, read-only); for the CLI and scripts.
 
+    ``busy_timeout``: seconds to wait for a writer that holds the file locked.
+
     Raises ``HistoryError`` with a one-line reason when the file is missing, is
     not a SQLite database, holds no batchmetrics history, or was written by a
     newer batchmetrics. Use as a context manager, or call ``close()``.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         self.path = _check_file_path(path)
+        self._busy_timeout = _check_busy_timeout(busy_timeout)
         p = Path(self.path)
         if not p.exists():
             raise HistoryError(f"no history database at {self.path}")
@@ -1004,18 +1026,19 @@ class History:
         if not p.is_file():  # reading a FIFO would wait for a writer, forever
             raise HistoryError(f"{self.path} is not a regular file, so not a history database")
         try:
-            self._conn = sqlite3.connect(p.absolute().as_uri() + "?mode=ro", uri=True,
-                                         timeout=30.0)
-        except sqlite3.Error as exc:
-            raise HistoryError(f"cannot open {self.path}: {exc}") from exc
-        try:
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            has_runs = self._conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+            version, has_runs = self._open(p, immutable=False)
+        except sqlite3.OperationalError as exc:
+            if not _read_only_copy(p, exc):
+                raise self._open_error(exc) from exc
+            # On read-only media SQLite cannot make the -shm file a WAL reader needs.
+            # Nothing can write there, and no -wal file holds what the file lacks: read
+            # it as it is.
+            try:
+                version, has_runs = self._open(p, immutable=True)
+            except sqlite3.DatabaseError as exc2:
+                raise self._open_error(exc2) from exc2
         except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            raise HistoryError(f"{self.path} is not a batchmetrics history database: {exc}") \
-                from exc
+            raise self._open_error(exc) from exc
         if version < 1 or not has_runs:
             self._conn.close()
             raise HistoryError(f"{self.path} is a SQLite file but holds no batchmetrics history")
@@ -1023,6 +1046,27 @@ class History:
             self._conn.close()
             raise _newer_schema(self.path, version)
         self._host = socket.gethostname()
+
+    def _open(self, p: Path, *, immutable: bool) -> tuple[int, bool]:
+        """Connect read-only; the schema version and whether a ``runs`` table is there."""
+        uri = p.absolute().as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
+        self._conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout)
+        try:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            has_runs = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+        except BaseException:
+            self._conn.close()
+            raise
+        return version, has_runs is not None
+
+    def _open_error(self, exc: sqlite3.Error) -> HistoryError:
+        if _is_locked(exc):
+            return HistoryError(f"cannot read {self.path}: another process holds it locked "
+                                f"({exc}); try again once it lets go")
+        if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+            return HistoryError(f"cannot open {self.path}: {exc}")
+        return HistoryError(f"{self.path} is not a batchmetrics history database: {exc}")
 
     def __enter__(self) -> History:
         return self
