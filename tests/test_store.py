@@ -697,6 +697,38 @@ async def test_a_history_another_process_holds_locked_says_so(db: Path) -> None:
         assert history.get("held") is not None
 
 
+@pytest.mark.asyncio
+async def test_waiting_for_a_locked_history_is_not_counted_as_run_time(db: Path) -> None:
+    # a 5 s wait for another process's lock made a 2 ms batch last 4.2 s, at 237 files/s
+    async with BatchMetrics("first", store=db) as m:
+        await record_mixed(m, 1)
+    now = [1_800_000_000.0]
+    holder = sqlite3.connect(db, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+
+    def let_go() -> None:
+        time.sleep(0.3)
+        now[0] += 500.0  # the wait, as the batch's clock sees it
+        holder.rollback()
+
+    thread = threading.Thread(target=let_go)
+    thread.start()
+    try:
+        async with BatchMetrics("second", store=db, clock=lambda: now[0]) as m:
+            await m.record_file("a.wfm", duration=0.5)
+            now[0] += 1.0
+    finally:
+        thread.join()
+        holder.close()
+    summary = m.summary()
+    assert summary.start_time == "2027-01-15T08:08:20+00:00"  # 1_800_000_500
+    assert summary.timing.total_duration == 1.0
+    with History(db) as history:
+        run = history.get("second")
+    assert run is not None
+    assert run.started_at == 1_800_000_500.0
+
+
 def test_history_explains_missing_files_folders_and_foreign_databases(tmp_path: Path) -> None:
     with pytest.raises(HistoryError, match="no history database"):
         History(tmp_path / "missing.db")

@@ -305,6 +305,12 @@ class BatchMetrics:
             if self._store_arg is not None:
                 self._store = self._store_arg
                 await self._store.begin(self)
+                # the batch starts now: waiting for another process to let go of the
+                # history (up to busy_timeout) is not time the batch ran (the stored
+                # start follows at the first checkpoint)
+                self._agg.start_ts = max(self._agg.start_ts,
+                                         self._clock() + self._clock_offset)
+                self._window.begin(self._agg.start_ts)
             tg.start_soon(self._consume, name=f"batchmetrics consumer {self.batch_id}")
             tg.start_soon(self._pump, name=f"batchmetrics thread pump {self.batch_id}")
             if self._needs_ticker():
