@@ -10,8 +10,9 @@ import logging
 import re
 import tracemalloc
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import cast
 
 import anyio
 import anyio.abc
@@ -755,6 +756,14 @@ def test_a_batch_entered_without_an_asyncio_loop_says_it_needs_asyncio() -> None
     with pytest.raises(RuntimeError, match="batchmetrics runs on asyncio"):
         entering.send(None)  # a coroutine driven by hand: no asyncio loop runs
     assert m.state.value == "new"  # nothing started
+    # the calls a watcher makes before or without entering: live() and wait_finished()
+    # waited forever for a start that could not come, exports failed deep in aiofiles
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: anext(m.live(0.1)), m.wait_finished, m.snapshot,
+        lambda: m.export_json("x.json"), lambda: m.export_csv("x.csv")]
+    for call in calls:
+        with pytest.raises(RuntimeError, match="batchmetrics runs on asyncio"):
+            cast("Coroutine[object, None, object]", call()).send(None)
 
 
 @pytest.mark.asyncio

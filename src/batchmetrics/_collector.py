@@ -270,7 +270,7 @@ class BatchMetrics:
     def state(self) -> BatchState:
         return self._state
 
-    async def __aenter__(self) -> Self:
+    def _require_asyncio(self) -> None:
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # trio, say: asyncio's own calls would fail obscurely later
@@ -278,6 +278,9 @@ class BatchMetrics:
                 f"batch {self.batch_id!r}: batchmetrics runs on asyncio (asyncio.run, or "
                 "anyio.run with its default asyncio backend), and no asyncio event loop "
                 "runs here") from None
+
+    async def __aenter__(self) -> Self:
+        self._require_asyncio()
         if self._entered:
             raise RuntimeError(
                 f"batch {self.batch_id!r} was already entered; a BatchMetrics runs once, "
@@ -1249,6 +1252,7 @@ class BatchMetrics:
 
     async def snapshot(self) -> BatchMetricsSummary:
         """The summary including every record call that returned before this call."""
+        self._require_asyncio()
         send = self._send
         if send is not None:
             await self._pump_once()  # what threads recorded before this call
@@ -1330,6 +1334,7 @@ class BatchMetrics:
         return self._live(interval)
 
     async def _live(self, interval: float) -> AsyncIterator[BatchMetricsSummary]:
+        self._require_asyncio()  # else it waits for a start that cannot come
         await self._started.wait()
         next_tick = anyio.current_time() + interval
         while not self._finished.is_set():
@@ -1346,6 +1351,7 @@ class BatchMetrics:
 
     async def wait_finished(self) -> BatchMetricsSummary:
         """Wait until the batch has exited; return its final summary."""
+        self._require_asyncio()
         await self._finished.wait()
         return self.summary()
 
@@ -1384,6 +1390,7 @@ class BatchMetrics:
         While the batch runs, the export holds every record call that returned before
         this call, as ``snapshot()`` does."""
         path = check_path(path, "path")
+        self._require_asyncio()
         summary = await self._export_summary()
         files = self._files
         n = len(files) if files is not None else 0
@@ -1394,6 +1401,7 @@ class BatchMetrics:
     async def export_csv(self, path: str | os.PathLike[str]) -> None:
         """Write one CSV row per file atomically (reference columns first)."""
         path = check_path(path, "path")
+        self._require_asyncio()
         files = self._require_files()
         await self._export_summary()
         n = len(files)
