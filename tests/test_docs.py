@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_the_readme_has_exactly_two_shell_commands_to_paste() -> None:
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[f"snippet{i}" for i in range(len(SNIPPETS))])
 def test_readme_snippet_runs(snippet: str, tmp_path: Path) -> None:
     script = tmp_path / "snippet.py"
-    script.write_text(snippet, encoding="utf-8")
+    script.write_text(textwrap.dedent(snippet), encoding="utf-8")  # one in a list is indented
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
