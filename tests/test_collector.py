@@ -963,6 +963,50 @@ async def test_a_sink_stuck_past_the_exit_deadline_leaves_the_rows_to_the_sinks_
     assert "missed 500 rows of batch 'stuck'" in caplog.text  # the store: let go already
 
 
+class _ExitsOnSecondWrite:
+    """A user's sink in whose second write the process is told to stop (SystemExit, as a
+    second Ctrl-C raises KeyboardInterrupt wherever the code is)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    async def write(self, records: object) -> None:
+        self.writes += 1
+        if self.writes == 2:
+            raise SystemExit(3)
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_an_interrupt_in_a_sinks_write_leaves_the_rows_to_the_outputs_after_it(
+        tmp_path: Path) -> None:
+    # the rows the summary counted went to neither the sinks after it nor the history
+    log, db = tmp_path / "files.jsonl", tmp_path / "h.db"
+    m = BatchMetrics("hit", store=db, store_files=True,
+                     sinks=[_ExitsOnSecondWrite(), JsonlSink(log)])
+
+    async def run() -> None:
+        async with m:
+            for i in range(500):
+                await m.record_file(f"f{i}.wfm", duration=0.01)
+            await m.snapshot()  # folded: the sink's first write is done
+            for i in range(500, 1000):
+                await m.record_file(f"f{i}.wfm", duration=0.01)
+
+    with pytest.raises(SystemExit):
+        await run()
+    counted = m.summary().total_files
+    assert counted == 1000
+    assert len(log.read_text(encoding="utf-8").splitlines()) == counted
+    with History(db) as history:
+        assert len(list(history.files("hit"))) == counted
+
+
 @pytest.mark.asyncio
 async def test_a_second_enter_while_the_first_is_starting_is_refused(tmp_path: Path) -> None:
     m = BatchMetrics("twice", summary_path=tmp_path / "s.json")

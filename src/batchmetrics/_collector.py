@@ -706,6 +706,9 @@ class BatchMetrics:
                     if not self._cut_short(sink):
                         self._queue_on_the_rest(batch, self._sinks[i + 1:])
                         raise
+                except (KeyboardInterrupt, SystemExit):  # a second Ctrl-C, an exit()
+                    self._queue_on_the_rest(batch, self._sinks[i + 1:])
+                    raise
         if self._store is not None and self._store_files:
             try:
                 await self._store.write_files(self, batch)
@@ -718,9 +721,10 @@ class BatchMetrics:
             raise failure
 
     def _queue_on_the_rest(self, batch: list[Event], sinks: Sequence[Sink]) -> None:
-        """A fold cancelled in a sink's write: the outputs after it that can take rows
-        without waiting (our file sinks, the store) get them, as the aggregate counts
-        them; each is written by the output's next write or its close."""
+        """A fold cancelled (or interrupted: Ctrl-C, ``exit()``) in a sink's write: the
+        outputs after it that can take rows without waiting (our file sinks, the store)
+        get them, as the aggregate counts them; each is written by the output's next
+        write or its close."""
         missed: list[object] = []
         for sink in sinks:
             try:
@@ -736,7 +740,7 @@ class BatchMetrics:
             missed.append(self._store)
         for where in missed:
             logger.warning("batchmetrics: %r missed %d rows of batch %r: the consumer was "
-                           "cancelled before it wrote them", where, len(batch), self.batch_id)
+                           "interrupted before it wrote them", where, len(batch), self.batch_id)
 
     def _outlasts_cancellation(self) -> bool:
         """Whether the consumer goes on through the cancellation being raised: asyncio's
