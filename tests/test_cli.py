@@ -1302,3 +1302,98 @@ def test_stats_of_a_killed_run_says_when_it_stopped_on_its_own_clock(tmp_path: P
     result = cli("stats", "killed", db=db)
     assert result.returncode == 0, result.stderr
     assert re.search(r"stopped writing at 2017-07-1[34] ", result.stdout), result.stdout
+
+
+# -- narrow terminals, other encodings, closed outputs -----------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _tty(*args: str | Path, cols: int = 80, stderr_too: bool = False, timeout: float = 120,
+         **env: str) -> tuple[int, bytes, bytes]:
+    """Run the command on a pseudo-terminal ``cols`` columns wide (its real size, not
+    $COLUMNS); its exit code, the bytes it showed there, and its stderr (when not on
+    the terminal too)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
+    environment = {k: v for k, v in clean_env().items() if k not in ("COLUMNS", "LINES")}
+    environment.update({"TERM": "xterm-256color", **env})
+    try:
+        child = subprocess.Popen([str(SCRIPT), *map(str, args)], stdin=slave, stdout=slave,
+                                 stderr=slave if stderr_too else subprocess.PIPE,
+                                 env=environment)
+    finally:
+        os.close(slave)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while chunk := os.read(master, 4096):
+            shown += chunk
+    os.close(master)
+    _, err = child.communicate(timeout=timeout)
+    return child.returncode, shown, err or b""
+
+
+def _screen_lines(shown: bytes) -> list[str]:
+    """The lines written, colours and cursor moves taken out."""
+    return _ANSI.sub("", shown.decode("utf-8", "replace")).replace("\r\n", "\n").split("\n")
+
+
+def _first_column(lines: list[str]) -> str:
+    """The first column's pieces joined: a name folded onto more lines is whole again."""
+    return "".join(line.split(" ")[0] for line in lines)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_on_a_narrow_terminal_tables_fold_ids_and_paths_and_keep_numbers_whole(
+        tmp_path: Path) -> None:
+    # rich cut every path to "/data/2026/11/28/…", the demo's ids in list and compare's
+    # headers, and at 40 columns numbers ("16…")
+    pytest.importorskip("rich")
+    from batchmetrics._cli import display_width
+
+    db = tmp_path / "h.db"
+    paths = [f"/data/2026/11/28/sensor-{i:03d}/capture_000123.wfm" for i in range(3)]
+    ids = ["demo-20261128-172903-21383", "demo-20261128-172911-21407"]
+
+    async def build() -> None:
+        async with BatchMetrics("paths", store=db, store_files=True) as m:
+            for path in paths:
+                await m.record_file(path, duration=0.02, samples=35380, bytes_processed=70768)
+            await m.record_error(paths[0] + ".bak", "ValueError",
+                                 "truncated: expected 35380 bytes of samples, got 17690",
+                                 duration=0.01)
+        for k, batch_id in enumerate(ids):
+            async with BatchMetrics(batch_id, store=db) as m:
+                for i in range(1600):
+                    await m.record_file(f"f{i}", duration=0.002 * (k + 1) * (1 + i % 7),
+                                        bytes_processed=4096)
+
+    anyio.run(build)
+    for cols in (80, 40):
+        for args in (["files", "paths"], ["list"], ["compare", *ids]):
+            code, shown, err = _tty("--db", db, *args, cols=cols)
+            assert code == 0, err
+            lines = _screen_lines(shown)
+            text = "\n".join(lines)
+            assert "…" not in text, (cols, args, text)
+            assert "..." not in text, (cols, args, text)
+            if cols == 80:  # fits: the terminal does not wrap a line
+                assert max(map(display_width, lines)) <= cols, (args, text)
+            if args[0] == "files":
+                assert all(p in _first_column(lines) for p in [*paths, paths[0] + ".bak"]), text
+                assert re.findall(r"(?<![\d,])35,380(?![\d,])", text) == ["35,380"] * 3, text
+                assert re.findall(r"(?<![\d,])70,768(?![\d,])", text) == ["70,768"] * 3, text
+            elif args[0] == "list":
+                assert all(i in _first_column(lines) for i in ids), text
+                assert len(re.findall(r"(?<![\d,])1,600(?![\d,])", text)) == 2, text
+            else:
+                assert all(i in text for i in ids), text  # the headers
+                report = json.loads(cli("--db", db, "compare", *ids, "--json").stdout)
+                files_per_s = {m["measure"]: m for m in report["measures"]}["files/s"]
+                assert _cli.fmt_rate(files_per_s["a"]) in text.split(), text
+                assert "1,600" in text.split(), text

@@ -170,12 +170,79 @@ def _pad(text: str, width: int, right: bool = False) -> str:
     return gap + text if right else text + gap
 
 
+#: The fewest columns a text column of a rich table is folded to; a table that does not
+#: fit with its text columns that narrow is printed plain (the terminal wraps its lines).
+_MIN_FOLD = 8
+
+
+def _fit_widths(natural: Sequence[int], least: Sequence[int], groups: Iterable[Sequence[int]],
+                room: int) -> list[int] | None:
+    """Column widths within ``room``: the widest columns of the first group are narrowed
+    first (to one level, none below its ``least``), then those of the next; ``None``
+    when the ``least`` widths do not fit."""
+    if sum(least) > room:
+        return None
+    widths = list(natural)
+    for group in groups:
+        if sum(widths) <= room or not group:
+            continue
+        lo, hi = 0, max(widths[i] for i in group)  # at hi, as wide as now: too wide
+        while hi - lo > 1:  # the highest level that fits (or 0: each at its least)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if sum(_narrowed(widths, least, group, mid)) <= room else (lo, mid)
+        widths = _narrowed(widths, least, group, lo)
+    return widths
+
+
+def _narrowed(widths: Sequence[int], least: Sequence[int], group: Sequence[int],
+              level: int) -> list[int]:
+    """``widths`` with those of ``group`` lowered to ``level``, none below its ``least``."""
+    return [max(least[i], min(w, level)) if i in group else w for i, w in enumerate(widths)]
+
+
+def _print_rich_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
+                      right: set[int], out: TextIO) -> bool:
+    """The table through rich, in the terminal's width: ids, names and paths are folded
+    onto more lines (never cut), numbers kept whole. ``False`` (nothing printed) when it
+    cannot fit."""
+    from rich import box
+    from rich.cells import cell_len
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=out, highlight=False)
+    widest = [max((cell_len(row[i]) for row in rows), default=0) for i in range(len(headers))]
+    natural = [max(cell_len(h), w, 1) for h, w in zip(headers, widest, strict=True)]
+    # a number is never narrowed below its widest cell (its header may fold); text
+    # columns fold down to _MIN_FOLD columns
+    least = [max(widest[i], 1) if i in right else min(natural[i], _MIN_FOLD)
+             for i in range(len(headers))]
+    text_columns = [i for i in range(len(headers)) if i not in right]
+    # each column has a space of padding on each inner side, and a separator between
+    room = console.width - 3 * (len(headers) - 1)
+    widths = _fit_widths(natural, least, (text_columns, sorted(right)), room)
+    if widths is None:
+        return False
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i, (h, width) in enumerate(zip(headers, widths, strict=True)):
+        table.add_column(Text(h, overflow="fold"), justify="right" if i in right else "left",
+                         width=width, overflow="fold")
+    for row in rows:
+        # Text: a file name like "a[/]b" is not markup
+        table.add_row(*(Text(cell, overflow="fold") for cell in row))
+    console.print(table)
+    return True
+
+
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
                 right: Iterable[int] = (), out: TextIO | None = None) -> None:
     """Aligned columns; ``right`` are the indexes of right-aligned (numeric) columns.
 
     A table longer than ``_TABLE_BLOCK`` rows is printed as its rows come, in
-    columns as wide as its first rows need: memory stays bounded.
+    columns as wide as its first rows need: memory stays bounded. On a terminal
+    (with rich) it is fitted to the terminal's width, ids and names folded, numbers
+    whole; one that cannot fit, and any other, is printed plain, in full.
     """
     out = out or sys.stdout
     it = ([one_line(cell) for cell in row] for row in rows)
@@ -183,20 +250,9 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
     more = next(it, None)
     rest: Iterable[Sequence[str]] = () if more is None else itertools.chain([more], it)
     right = set(right)
-    if more is None and _use_rich(out):
-        from rich import box
-        from rich.console import Console
-        from rich.table import Table
-        from rich.text import Text
-
-        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for i, h in enumerate(headers):
-            table.add_column(Text(one_line(h)), justify="right" if i in right else "left")
-        for row in first:
-            table.add_row(*map(Text, row))  # a file name like "a[/]b" is not markup
-        Console(file=out, highlight=False).print(table)
-        return
     headers = [one_line(h) for h in headers]
+    if more is None and _use_rich(out) and _print_rich_table(headers, first, right, out):
+        return
     # by the columns a cell takes, not its len(): a wide (CJK) or combining character
     # would shift the columns after it
     widths = [max([display_width(h), *(display_width(r[i]) for r in first)])
