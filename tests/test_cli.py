@@ -1397,3 +1397,45 @@ def test_on_a_narrow_terminal_tables_fold_ids_and_paths_and_keep_numbers_whole(
                 files_per_s = {m["measure"]: m for m in report["measures"]}["files/s"]
                 assert _cli.fmt_rate(files_per_s["a"]) in text.split(), text
                 assert "1,600" in text.split(), text
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_watch_on_a_terminal_rewrites_one_line_no_wider_than_the_terminal(
+        tmp_path: Path) -> None:
+    # the line (~120 columns) wrapped on an 80-column terminal, and each rewrite
+    # ("\r\x1b[K" goes back to the start of the last row only) left a row behind
+    from batchmetrics._cli import display_width
+
+    db = tmp_path / "live.db"
+    with subprocess.Popen([sys.executable, "-c", RUNNING_CHILD, str(db)],
+                          stdout=subprocess.PIPE, text=True, env=clean_env()) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "started\n"
+            code, shown, err = _tty("--db", db, "watch", "live-run", "--interval", "0.1",
+                                    cols=80)
+            assert child.wait(timeout=60) == 0
+        finally:
+            child.kill()
+    assert code == 0, err
+    text = shown.decode()
+    status, summary = text.split("\r\n", 1)
+    updates = status.split("\r\x1b[K")
+    assert updates[0] == ""
+    assert len(updates) >= 3, text
+    for line in updates[1:]:
+        assert line.startswith("live-run: "), line
+        assert display_width(line) < 80, line
+    assert updates[-1].startswith("live-run: finished | 300/300 files (100.0%) | ")
+    assert "Batch live-run" in summary
+
+
+def test_watch_on_a_dumb_terminal_writes_no_escape_codes(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    # TERM=dumb (an editor's shell) showed "\x1b[K" as garbage
+    db, _ = history
+    code, shown, err = _tty("--db", db, "watch", "nightly-001", cols=80, TERM="dumb")
+    assert code == 0, err
+    assert b"\x1b" not in shown
+    assert shown.startswith(b"nightly-001: finished | 200/200 files (100.0%) | ")
+    assert shown.split(b"\r\n")[0].endswith(b" ms")  # in full: one line per update

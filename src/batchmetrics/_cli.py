@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import secrets
+import shutil
 import stat
 import sys
 import time
@@ -112,6 +113,19 @@ def fmt_change(change: float | None) -> str:
     return f"{round(change, 1) + 0.0:+.1f}%"  # + 0.0: a change rounding to -0.0 is +0.0
 
 
+def _ellipsis(out: TextIO) -> str:
+    """``…``, or ``...`` where the output's encoding has no ``…``."""
+    return "…" if _can_encode(out, "…") else "..."
+
+
+def _can_encode(out: TextIO, text: str) -> bool:
+    try:
+        text.encode(getattr(out, "encoding", None) or "utf-8")
+    except (UnicodeError, LookupError):
+        return False
+    return True
+
+
 def _use_rich(out: TextIO) -> bool:
     """Tables through ``rich`` only on a terminal (and when installed): pipes get plain text."""
     if not out.isatty():
@@ -162,6 +176,21 @@ def display_width(text: str) -> int:
         return len(text)
     width = wcswidth(text)
     return width if width >= 0 else len(text)  # -1: a control character (escaped before)
+
+
+def cut_to_width(text: str, width: int, mark: str = "…") -> str:
+    """``text`` cut to at most ``width`` columns (``display_width``), ending in ``mark``
+    when cut."""
+    if display_width(text) <= width:
+        return text
+    room = width - display_width(mark)
+    if room < 0:
+        return ""
+    lo, hi = 0, len(text)  # the longest prefix that fits: fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if display_width(text[:mid]) <= room else (lo, mid)
+    return text[:lo] + mark
 
 
 def _pad(text: str, width: int, right: bool = False) -> str:
@@ -693,7 +722,9 @@ def _history_and_run(args: argparse.Namespace) -> tuple[History, StoredRun]:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     out = sys.stdout
-    tty = out.isatty()
+    # on a terminal the line is rewritten in place: cut to its width, or each wrapped
+    # line would stay behind; a dumb one (TERM=dumb) gets no escape codes, a line each
+    rewrite = out.isatty() and os.environ.get("TERM") != "dumb"
     history, run = _history_and_run(args)
     with history:
         interval = args.interval or min(max(run.interval, 0.1), 5.0)
@@ -702,8 +733,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
             args.exit_code = EXIT_READER_GONE if run.status == "running" else \
                 _watch_outcome(run)
             line = watch_line(run)
-            if tty:
-                out.write("\r\x1b[K" + line)
+            if rewrite:
+                # one column to spare: some terminals wrap as soon as the last is written
+                width = shutil.get_terminal_size().columns - 1
+                out.write("\r\x1b[K" + cut_to_width(line, width, _ellipsis(out)))
             else:
                 out.write(line + "\n")
             out.flush()
@@ -714,7 +747,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if fresh is None:
                 raise CliError(f"batch {args.batch_id!r} disappeared from {history.path}")
             run = fresh
-    if tty:
+    if rewrite:
         out.write("\n")
     print(file=out)
     render_stats(run, out)
