@@ -1439,3 +1439,30 @@ def test_watch_on_a_dumb_terminal_writes_no_escape_codes(
     assert b"\x1b" not in shown
     assert shown.startswith(b"nightly-001: finished | 200/200 files (100.0%) | ")
     assert shown.split(b"\r\n")[0].endswith(b" ms")  # in full: one line per update
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+@pytest.mark.parametrize(("cols", "batch_id"), [(80, "demo-20261128-172903-21383"),
+                                                (40, "demo-20261128-172903-21383"),
+                                                (80, "id-" + "x" * 117)])
+def test_the_demos_progress_bar_keeps_its_count_whole_and_shortens_the_id(
+        tmp_path: Path, cols: int, batch_id: str) -> None:
+    # the bar showed "81/2…" and "2000/…" at 80 columns; at 40 the count and the bar were
+    # gone; a 120-character id left nothing readable
+    pytest.importorskip("rich")
+    from batchmetrics._cli import display_width
+
+    code, shown, _ = _tty("--db", tmp_path / "d.db", "demo", "--files", "1000", "--latency",
+                          "0.001", "--batch-id", batch_id, cols=cols, stderr_too=True)
+    assert code == 0, shown.decode()
+    text = _ANSI.sub("", shown.decode())
+    frames = [line for line in re.split(r"[\r\n]+", text) if re.search(r"\d+/1000\b", line)]
+    assert frames, text
+    for frame in frames:
+        assert display_width(frame) <= cols, frame
+        assert re.search(r"(^|\s)\d+/1000( |$)", frame), frame  # whole, at its place
+        shown_id = frame.split(" ")[0]
+        assert len(shown_id) >= 10, frame  # the id, shortened to fit
+        assert shown_id == batch_id or (shown_id.endswith("…")
+                                        and batch_id.startswith(shown_id[:-1])), frame
+    assert "1000/1000" in frames[-1]

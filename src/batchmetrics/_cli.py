@@ -38,7 +38,7 @@ from typing import Any, TextIO
 from wcwidth import wcswidth
 
 from ._aggregate import merge_states
-from ._display import fmt_count
+from ._display import fmt_count, one_line
 from ._events import STATUS_NAMES, FileRecord, is_finite_number
 from ._export import temp_name
 from ._render import json_text
@@ -139,30 +139,6 @@ def _use_rich(out: TextIO) -> bool:
 
 #: Rows a table is sized from; a longer one streams (``files`` of a million-file run).
 _TABLE_BLOCK = 1000
-
-
-#: Control characters as escapes: a multi-line error message stays on its row.
-_ONE_LINE = {**{c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))},
-             0x2028: "\\u2028", 0x2029: "\\u2029",
-             ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\\"): "\\\\"}
-
-
-def one_line(text: str) -> str:
-    """``text`` with its line breaks, control and other invisible characters (bidi
-    overrides, zero widths) escaped and backslashes doubled: what is shown is what
-    is there, on one line."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    # a backslash is doubled, as in repr(): a name "a\\nb" is not one with a line break
-    return "".join(c if c.isprintable() and c != "\\" else _escape(c) for c in text)
-
-
-def _escape(c: str) -> str:
-    code = ord(c)
-    known = _ONE_LINE.get(code)
-    if known is not None:
-        return known
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def display_width(text: str) -> int:
