@@ -1466,3 +1466,46 @@ def test_the_demos_progress_bar_keeps_its_count_whole_and_shortens_the_id(
         assert shown_id == batch_id or (shown_id.endswith("…")
                                         and batch_id.startswith(shown_id[:-1])), frame
     assert "1000/1000" in frames[-1]
+
+
+@pytest.mark.parametrize("encoding_env", [{"LC_ALL": "C", "PYTHONUTF8": "0"},
+                                          {"PYTHONIOENCODING": "ascii"}])
+def test_an_ascii_output_gets_us_and_aligned_columns(
+        tmp_path: Path, encoding_env: dict[str, str]) -> None:
+    # "µs" and non-ASCII names were escaped by the stream (\xb5s) after the columns were
+    # measured: every row with one was pushed right
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("enc", store=db, store_files=True) as m:
+            await m.record_file("ñandú.wfm", duration=0.0005, samples=10)
+            await m.record_file("数据.wfm", duration=0.02, samples=10)
+            await m.record_file("plain.wfm", duration=0.00007, samples=10)
+            await m.record_error("错误.wfm", "ValueError", "bad — header", duration=0.0009)
+
+    anyio.run(build)
+    env = {k: v for k, v in clean_env().items()
+           if k not in ("PYTHONIOENCODING", "PYTHONUTF8", "LANG") and not k.startswith("LC_")}
+    env.update(encoding_env)
+    files = subprocess.run([str(SCRIPT), "--db", str(db), "files", "enc"], capture_output=True,
+                           timeout=60, env=env, check=False)
+    assert files.returncode == 0, files.stderr
+    lines = files.stdout.decode("ascii").splitlines()
+    assert "\\xb5" not in files.stdout.decode()
+    status_at = lines[0].index("STATUS")
+    duration_ends = lines[0].index("DURATION") + len("DURATION")
+    assert len(lines) == 2 + 4
+    for line in lines[2:]:
+        assert line[status_at:].split()[0] in ("success", "error"), line
+        assert line[:duration_ends].endswith((" us", " ms")), line
+    assert lines[2].startswith("\\xf1and\\xfa.wfm ")
+    assert re.search(r" 500 us +10 ", lines[2]), lines[2]
+    stats = subprocess.run([str(SCRIPT), "--db", str(db), "stats", "enc"], capture_output=True,
+                           timeout=60, env=env, check=False)
+    assert stats.returncode == 0, stats.stderr
+    out = stats.stdout.decode("ascii").splitlines()
+    assert re.search(r"^  min +70 us$", "\n".join(out), re.M), out
+    slowest = out[out.index("Slowest files") + 1:]
+    assert len(slowest) == 4
+    assert len({line.index("s  ") for line in slowest}) == 1, slowest  # the unit's end
+    assert len({line.rindex("  ") for line in slowest}) == 1, slowest  # the status's start

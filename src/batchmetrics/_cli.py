@@ -67,12 +67,16 @@ def fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+#: The micro sign, written ``u`` where the output's encoding has none (LC_ALL=C).
+_MICRO = "µ"
+
+
 def fmt_seconds(s: float) -> str:
     """A duration for people: ``850 µs``, ``12.3 ms``, ``4.56 s``, ``3m 05s``, ``2h 03m``."""
     if s <= 0:
         return "0 s"
     if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
+        return f"{s * 1e6:.0f} {_MICRO if _can_encode(sys.stdout, _MICRO) else 'u'}s"
     if s < 1:
         return f"{s * 1e3:.1f} ms"
     if s < 60:
@@ -124,6 +128,19 @@ def _can_encode(out: TextIO, text: str) -> bool:
     except (UnicodeError, LookupError):
         return False
     return True
+
+
+def as_written(text: str, out: TextIO) -> str:
+    """``text`` as ``out`` will write it: the characters its encoding lacks (under
+    LC_ALL=C, every non-ASCII one) escaped, as its ``backslashreplace`` does. Columns
+    are measured on this, not on text that is widened once written."""
+    encoding = getattr(out, "encoding", None)
+    if text.isascii() or not encoding:
+        return text
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except (UnicodeError, LookupError):
+        return text
 
 
 def _use_rich(out: TextIO) -> bool:
@@ -250,12 +267,12 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
     whole; one that cannot fit, and any other, is printed plain, in full.
     """
     out = out or sys.stdout
-    it = ([one_line(cell) for cell in row] for row in rows)
+    it = ([as_written(one_line(cell), out) for cell in row] for row in rows)
     first: list[Sequence[str]] = list(itertools.islice(it, _TABLE_BLOCK))
     more = next(it, None)
     rest: Iterable[Sequence[str]] = () if more is None else itertools.chain([more], it)
     right = set(right)
-    headers = [one_line(h) for h in headers]
+    headers = [as_written(one_line(h), out) for h in headers]
     if more is None and _use_rich(out) and _print_rich_table(headers, first, right, out):
         return
     # by the columns a cell takes, not its len(): a wide (CJK) or combining character
@@ -276,8 +293,9 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
 def print_pairs(title: str, pairs: Sequence[tuple[str, str]], out: TextIO | None = None) -> None:
     """A section: its title, then ``key  value`` lines indented under it."""
     out = out or sys.stdout
-    print(one_line(title), file=out)
-    pairs = [(one_line(key), one_line(value)) for key, value in pairs]
+    print(as_written(one_line(title), out), file=out)
+    pairs = [(as_written(one_line(key), out), as_written(one_line(value), out))
+             for key, value in pairs]
     width = max([11, *(display_width(k) for k, _ in pairs)])  # the same in every section
     for key, value in pairs:
         print(f"  {_pad(key, width)}  {value}", file=out)
@@ -712,7 +730,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if rewrite:
                 # one column to spare: some terminals wrap as soon as the last is written
                 width = shutil.get_terminal_size().columns - 1
-                out.write("\r\x1b[K" + cut_to_width(line, width, _ellipsis(out)))
+                out.write("\r\x1b[K" + cut_to_width(as_written(line, out), width,
+                                                      _ellipsis(out)))
             else:
                 out.write(line + "\n")
             out.flush()
