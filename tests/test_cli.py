@@ -1509,3 +1509,28 @@ def test_an_ascii_output_gets_us_and_aligned_columns(
     assert len(slowest) == 4
     assert len({line.index("s  ") for line in slowest}) == 1, slowest  # the unit's end
     assert len({line.rindex("  ") for line in slowest}) == 1, slowest  # the status's start
+
+
+def test_a_non_ascii_batch_id_is_found_under_a_locale_that_is_not_utf8(tmp_path: Path) -> None:
+    # under LC_ALL=C argv's UTF-8 bytes arrive as lone surrogates: "no batch" for a
+    # batch id the history holds
+    db = tmp_path / "h.db"
+    batch_id = "unicode-数据-ñ"
+
+    async def build() -> None:
+        async with BatchMetrics(batch_id, store=db, store_files=True) as m:
+            await m.record_file("a.wfm", duration=0.1)
+
+    anyio.run(build)
+    env = {k: v for k, v in clean_env().items()
+           if k not in ("PYTHONIOENCODING", "PYTHONUTF8", "LANG") and not k.startswith("LC_")}
+    env.update(LC_ALL="C", PYTHONUTF8="0")
+    for args in (["stats", batch_id, "--json"], ["files", batch_id, "--json"],
+                 ["compare", batch_id, batch_id, "--json"], ["watch", batch_id]):
+        result = subprocess.run([str(SCRIPT), "--db", str(db), *args], capture_output=True,
+                                timeout=60, env=env, check=False)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stderr == b"", args
+    stats = subprocess.run([str(SCRIPT), "--db", str(db), "stats", batch_id, "--json"],
+                           capture_output=True, timeout=60, env=env, check=False)
+    assert json.loads(stats.stdout)["batch_id"] == batch_id

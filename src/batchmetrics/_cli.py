@@ -1079,9 +1079,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def argument_text(arg: str) -> str:
+    """A command-line argument as the text it was typed as: under a locale that is not
+    UTF-8 (LC_ALL=C) Python decodes argv's UTF-8 bytes as lone surrogates, while batch
+    ids are stored as UTF-8 text; bytes that are not UTF-8 stay surrogates."""
+    try:
+        return os.fsencode(arg).decode("utf-8", "surrogateescape")
+    except UnicodeError:  # a surrogate that does not stand for a byte
+        return arg
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
+    for name in ("batch_id", "a", "b"):  # batch ids (file paths stay as the OS gave them)
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.isascii():
+            setattr(args, name, argument_text(value))
     for stream in (sys.stdout, sys.stderr):
         # a stored name from undecodable bytes (lone surrogates) is shown escaped
         if isinstance(stream, io.TextIOWrapper):
