@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -1534,3 +1535,38 @@ def test_a_non_ascii_batch_id_is_found_under_a_locale_that_is_not_utf8(tmp_path:
     stats = subprocess.run([str(SCRIPT), "--db", str(db), "stats", batch_id, "--json"],
                            capture_output=True, timeout=60, env=env, check=False)
     assert json.loads(stats.stdout)["batch_id"] == batch_id
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(
+        history: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path) -> None:
+    # > /dev/full ended in a traceback (OSError ENOSPC) and exit 1; with stdout closed
+    # (>&-) in AttributeError: 'NoneType' object has no attribute 'isatty'
+    db, _ = history
+    for args in (["list"], ["stats", "nightly-001"], ["files", "nightly-001", "--json"],
+                 ["compare", "nightly-001", "nightly-002"], ["watch", "nightly-001"]):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run([str(SCRIPT), "--db", str(db), *args], stdout=full,
+                                    stderr=subprocess.PIPE, text=True, timeout=60,
+                                    env=clean_env(), check=False)
+        assert (result.returncode, result.stderr) == (
+            2, f"batchmetrics: cannot write output: {os.strerror(errno.ENOSPC)}\n"), args
+        closed = subprocess.run(["sh", "-c", '"$0" "$@" >&-', str(SCRIPT), "--db", str(db),
+                                 *args], capture_output=True, text=True, timeout=60,
+                                env=clean_env(), check=False)
+        assert (closed.returncode, closed.stderr) == (
+            2, f"batchmetrics: cannot write output: {os.strerror(errno.EBADF)}\n"), args
+
+    async def export() -> None:
+        async with BatchMetrics("part") as m:
+            await m.record_file("a.wfm", duration=0.1)
+        await m.export_json(tmp_path / "part.json")
+
+    anyio.run(export)
+    # a command that writes nothing there does not need it
+    merged = subprocess.run(["sh", "-c", '"$0" "$@" >&-', str(SCRIPT), "merge",
+                             str(tmp_path / "part.json"), "-o", str(tmp_path / "out.json")],
+                            capture_output=True, text=True, timeout=60, env=clean_env(),
+                            check=False)
+    assert merged.returncode == 0, merged.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["summary"]["total_files"] == 1

@@ -1096,6 +1096,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, name, None)
         if isinstance(value, str) and not value.isascii():
             setattr(args, name, argument_text(value))
+    if sys.stdout is None:  # started with its standard output closed (>&-)
+        sys.stdout = _ClosedOutput()  # a command that writes to it fails as a full disk does
     for stream in (sys.stdout, sys.stderr):
         # a stored name from undecodable bytes (lone surrogates) is shown escaped
         if isinstance(stream, io.TextIOWrapper):
@@ -1113,7 +1115,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `batchmetrics files x | head`: stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _drop_output()
         return int(getattr(args, "exit_code", 0))  # what the command had decided, if it had
+    except OSError as exc:
+        if exc.filename is not None:  # a file's, not the output's: not expected here
+            raise
+        # a full disk (> /dev/full), a closed output (>&-), an I/O error
+        print(f"batchmetrics: cannot write output: {exc.strerror or exc}", file=sys.stderr)
+        _drop_output()
+        return 2
     return code
+
+
+class _ClosedOutput(io.TextIOBase):
+    """``sys.stdout`` when the process started without one: writing fails with EBADF."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+
+def _drop_output() -> None:
+    """Send what is left in stdout's buffer to the null device, so that the interpreter's
+    flush at exit does not fail again (with a second message): as the Python docs
+    advise for SIGPIPE."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # no file behind it (closed at start)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
