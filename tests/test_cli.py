@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import io
 import json
 import os
@@ -1570,3 +1571,47 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(
                             check=False)
     assert merged.returncode == 0, merged.stderr
     assert json.loads((tmp_path / "out.json").read_text())["summary"]["total_files"] == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal and a shell")
+def test_the_demo_shows_batch_ids_escaped_and_its_hints_work_when_pasted(
+        tmp_path: Path) -> None:
+    # a batch id's control characters reached the terminal raw (the hints, the rich bar,
+    # the status line without rich), and the hints did not quote it for a shell
+    db = tmp_path / "my runs.db"
+    evil = "evil\x1b[2J\x07"
+    plain = cli("demo", "--files", "20", "--latency", "0.001", "--no-display",
+                "--batch-id", evil, db=db)
+    assert plain.returncode == 0, plain.stderr
+    assert "\x1b" not in plain.stdout
+    assert "\x07" not in plain.stdout
+    assert r"evil\x1b[2J\x07" in plain.stdout.split("Try:")[1]
+    if importlib.util.find_spec("rich") is not None:
+        code, shown, _ = _tty("--db", db, "demo", "--files", "20", "--latency", "0.001",
+                              "--batch-id", evil + "-bar", stderr_too=True)
+        assert code == 0, shown.decode()
+        assert b"\x1b[2J" not in shown
+        assert b"\x07" not in shown
+        assert rb"evil\x1b[2J\x07-bar" in shown
+    no_rich = ("import sys; sys.modules['rich'] = None; from batchmetrics._cli import main; "
+               "sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run(
+        [sys.executable, "-c", no_rich, "--db", str(db), "demo", "--files", "20", "--latency",
+         "0.001", "--batch-id", evil + "-log"],
+        capture_output=True, text=True, timeout=120, env=clean_env(), check=False)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stderr
+    assert "finished: batch evil\\x1b[2J\\x07-log: 20/20 files" in result.stderr
+    # an id with a space and a quote: each hint, pasted into a shell, works
+    odd = "it's a run"
+    demo = cli("demo", "--files", "20", "--latency", "0.001", "--no-display",
+               "--batch-id", odd, db=db)
+    assert demo.returncode == 0, demo.stderr
+    hints = [line.strip() for line in demo.stdout.split("Try:\n")[1].splitlines()]
+    assert hints[0] == f"batchmetrics --db '{db}' list"
+    shell_env = clean_env(PATH=f"{SCRIPT.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    pasted = [subprocess.run(["sh", "-c", hint], capture_output=True, text=True, timeout=60,
+                             env=shell_env, check=False) for hint in hints[:3]]
+    assert [p.returncode for p in pasted] == [0, 0, 0], [p.stderr for p in pasted]
+    assert "it's a run" in pasted[0].stdout  # list
+    assert json.loads(pasted[2].stdout)["batch_id"] == odd  # stats --json

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import secrets
+import shlex
 import shutil
 import stat
 import sys
@@ -925,11 +926,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     with open_history(args) as history:
         render_stats(get_run(history, batch_id))
-    cmd = "batchmetrics" + (f" --db {path}" if path != DEFAULT_DB else "")
-    print(f"\nStored in {path}. Try:")
-    for rest in ("list", f"files {batch_id} --status error", f"stats {batch_id} --json",
-                 f"compare {batch_id} <another run, e.g. the next demo>"):
-        print(f"  {cmd} {rest}")
+    # commands that work when pasted (quoted for a shell), shown on one line
+    cmd = "batchmetrics" + (f" --db {shlex.quote(path)}" if path != DEFAULT_DB else "")
+    quoted = shlex.quote(batch_id)
+    print(f"\nStored in {one_line(path)}. Try:")
+    for rest in ("list", f"files {quoted} --status error", f"stats {quoted} --json",
+                 f"compare {quoted} <another run, e.g. the next demo>"):
+        print(one_line(f"  {cmd} {rest}"))
     return 0
 
 

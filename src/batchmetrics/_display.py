@@ -87,7 +87,7 @@ def status_line(summary: BatchMetricsSummary) -> str:
     t = summary.throughput
     errors = _error_types(summary)
     parts = [
-        f"batch {summary.batch_id}: {done}",
+        f"batch {one_line(summary.batch_id)}: {done}",
         f"{t.recent_files_per_second:.1f} files/s now, {t.files_per_second:.1f} overall",
         fmt_count(summary.error_count, "error") + (f" ({errors})" if errors else ""),
         f"{summary.skip_count:,} skipped",
