@@ -1615,3 +1615,48 @@ def test_the_demo_shows_batch_ids_escaped_and_its_hints_work_when_pasted(
     assert [p.returncode for p in pasted] == [0, 0, 0], [p.stderr for p in pasted]
     assert "it's a run" in pasted[0].stdout  # list
     assert json.loads(pasted[2].stdout)["batch_id"] == odd  # stats --json
+
+
+def test_a_run_without_a_timed_file_has_no_time_per_file_and_no_regression(
+        tmp_path: Path) -> None:
+    # stats printed "mean 0 s", "p99 0 s"; compare of such a run with another printed
+    # "p50 per file  0 s  200.0 ms  +inf%  REGRESSION" and exited 1
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("zero", store=db):
+            pass
+        async with BatchMetrics("skips", store=db) as m:
+            for i in range(5):
+                await m.record_skip(f"s{i}.wfm", reason="duplicate")
+        async with BatchMetrics("single", store=db) as m:
+            await m.record_file("one.wfm", duration=0.2)
+        async with BatchMetrics("broken", store=db) as m:
+            await m.record_file("one.wfm", duration=0.2)
+            await m.record_error("two.wfm", "OSError", "gone", duration=0.1)
+
+    anyio.run(build)
+    for batch_id in ("zero", "skips"):
+        stats = cli("stats", batch_id, db=db)
+        assert stats.returncode == 0, stats.stderr
+        section = stats.stdout.split("Time per successful file\n")[1].split("Throughput")[0]
+        assert [line.split() for line in section.splitlines()] == [
+            [name, "-"] for name in ("mean", "median", "p90", "p95", "p99", "min", "max",
+                                     "stddev")], stats.stdout
+    assert re.search(r"\n  p99 +200\.0 ms\n", cli("stats", "single", db=db).stdout)
+    for a in ("zero", "skips"):
+        compared = cli("compare", a, "single", "--fail-on-regression", "0", db=db)
+        assert compared.returncode == 0, compared.stdout
+        assert "REGRESSION" not in compared.stdout
+        rows = {line.split("  ")[0]: line.split() for line in compared.stdout.splitlines()[2:]}
+        assert rows["p50 per file"][3:] == ["-", "200.0", "ms", "n/a"], rows
+        report = json.loads(cli("compare", a, "single", "--json", "--fail-on-regression", "0",
+                                db=db).stdout, parse_constant=_reject_constant)
+        p50 = {m["measure"]: m for m in report["measures"]}["p50 per file"]
+        assert (p50["a"], p50["b"], p50["change_percent"], p50["worse_percent"],
+                p50["regression"]) == (None, 0.2, None, None, False)
+        assert report["regressions"] == []
+    # errors appearing where A had none are still infinitely worse
+    worse = cli("compare", "single", "broken", "--fail-on-regression", "0", db=db)
+    assert worse.returncode == 1
+    assert "error rate +inf%" in worse.stderr

@@ -381,6 +381,12 @@ def checkpoint_time(run: StoredRun) -> float:
 # -- stats ----------------------------------------------------------------------------------------
 
 
+def has_timing(s: BatchMetricsSummary) -> bool:
+    """Whether the run timed a file: its timing is over successful files with a
+    duration > 0, so its longest is 0 when there is none."""
+    return s.timing.max_per_file > 0
+
+
 def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
     """A run's last stored summary, readable.
 
@@ -426,15 +432,18 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
         # stored more rows than its last checkpoint counted
         files.append(("rows stored", f"{fmt_int(run.files_stored)} (see `files`)"))
     print_pairs("Files", files, out)
+    # a run without a timed file (none yet, or only skips and errors) has no time per
+    # file, not one of 0 s
+    per_file = fmt_seconds if has_timing(s) else (lambda _: "-")
     print_pairs("Time per successful file", [
-        ("mean", fmt_seconds(t.average_per_file)),
-        ("median", fmt_seconds(t.median_per_file)),
-        ("p90", fmt_seconds(t.p90_per_file)),
-        ("p95", fmt_seconds(t.p95_per_file)),
-        ("p99", fmt_seconds(t.p99_per_file)),
-        ("min", fmt_seconds(t.min_per_file)),
-        ("max", fmt_seconds(t.max_per_file)),
-        ("stddev", fmt_seconds(t.stddev_per_file)),
+        ("mean", per_file(t.average_per_file)),
+        ("median", per_file(t.median_per_file)),
+        ("p90", per_file(t.p90_per_file)),
+        ("p95", per_file(t.p95_per_file)),
+        ("p99", per_file(t.p99_per_file)),
+        ("min", per_file(t.min_per_file)),
+        ("max", per_file(t.max_per_file)),
+        ("stddev", per_file(t.stddev_per_file)),
     ], out)
     print_pairs("Throughput", [
         ("files/s", fmt_rate(s.throughput.files_per_second)),
@@ -560,21 +569,28 @@ class Measure:
     """One compared quantity: how to read it, show it, and which way is worse."""
 
     name: str
-    get: Callable[[BatchMetricsSummary], float]
+    get: Callable[[BatchMetricsSummary], float | None]  # None: the run has no value for it
     show: Callable[[float], str]
     higher_is_better: bool
     gated: bool = True  # counts for --fail-on-regression
 
 
+def _timed(s: BatchMetricsSummary, value: float) -> float | None:
+    """A time per file, or ``None`` for a run that timed no file."""
+    return value if has_timing(s) else None
+
+
 MEASURES = (
     Measure("files/s", lambda s: s.throughput.files_per_second, fmt_rate, True),
-    Measure("p50 per file", lambda s: s.timing.median_per_file, fmt_seconds, False),
-    Measure("p90 per file", lambda s: s.timing.p90_per_file, fmt_seconds, False),
-    Measure("p99 per file", lambda s: s.timing.p99_per_file, fmt_seconds, False),
-    Measure("error rate", lambda s: s.errors.rate * 100, lambda x: f"{x:.2f}%", False),
+    Measure("p50 per file", lambda s: _timed(s, s.timing.median_per_file), fmt_seconds, False),
+    Measure("p90 per file", lambda s: _timed(s, s.timing.p90_per_file), fmt_seconds, False),
+    Measure("p99 per file", lambda s: _timed(s, s.timing.p99_per_file), fmt_seconds, False),
+    # no rate of a run without files
+    Measure("error rate", lambda s: s.errors.rate * 100 if s.total_files else None,
+            lambda x: f"{x:.2f}%", False),
     Measure("files", lambda s: s.total_files, lambda x: fmt_int(int(x)), True, gated=False),
-    Measure("mean per file", lambda s: s.timing.average_per_file, fmt_seconds, False,
-            gated=False),
+    Measure("mean per file", lambda s: _timed(s, s.timing.average_per_file), fmt_seconds,
+            False, gated=False),
     Measure("bytes/s", lambda s: s.throughput.bytes_per_second,
             lambda x: fmt_bytes(x) + "/s", True, gated=False),
     Measure("wall time", lambda s: s.timing.total_duration, fmt_seconds, False, gated=False),
@@ -609,15 +625,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows, report, regressions = [], [], []
     for m in MEASURES:
         va, vb = m.get(a), m.get(b)
-        change = percent_change(va, vb)
+        # a run without a value for it (no timed file): nothing to compare, no regression
+        both = va is not None and vb is not None
+        change = percent_change(va, vb) if va is not None and vb is not None else None
         worse = worse_by(m, change)
         flag = ""
         if m.gated and args.fail_on_regression is not None and worse > args.fail_on_regression:
             flag = "REGRESSION"
             regressions.append(f"{m.name} {fmt_change(change)}")
-        rows.append([m.name, m.show(va), m.show(vb), fmt_change(change), flag])
+        rows.append([m.name, "-" if va is None else m.show(va), "-" if vb is None else m.show(vb),
+                     fmt_change(change), flag])
         report.append({"measure": m.name, "a": _finite(va), "b": _finite(vb),
-                       "change_percent": _finite(change), "worse_percent": _finite(worse),
+                       "change_percent": _finite(change),
+                       "worse_percent": _finite(worse) if both else None,
                        "gated": m.gated, "regression": bool(flag)})
     args.exit_code = 1 if regressions else 0  # also if the output's reader goes away
     if args.json:
@@ -1034,7 +1054,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "count as infinitely worse)")
     p.add_argument("--json", action="store_true",
                    help="print JSON; change_percent and worse_percent are null when A is 0 "
-                        "(no percentage: see a, b and regression)")
+                        "(no percentage: see a, b and regression); a or b is null when that "
+                        "run has no value (no timed file, or no file for the error rate)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("watch", parents=[common], help="follow a running batch",
