@@ -1660,3 +1660,33 @@ def test_a_run_without_a_timed_file_has_no_time_per_file_and_no_regression(
     worse = cli("compare", "single", "broken", "--fail-on-regression", "0", db=db)
     assert worse.returncode == 1
     assert "error rate +inf%" in worse.stderr
+
+
+def test_stats_lists_the_most_frequent_error_types_and_counts_the_rest(tmp_path: Path) -> None:
+    # a run with thousands of error types (an id in each) printed every one of them
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("many", store=db, max_error_types=1000) as m:
+            for i in range(3):
+                await m.record_error(f"o{i}.wfm", "OSError", "gone", duration=0.01)
+            for i in range(500):
+                await m.record_error(f"f{i}.wfm", f"Err{i}", f"msg {i}", duration=0.001)
+
+    anyio.run(build)
+    out = cli("stats", "many", db=db).stdout
+    section = out.split("Errors by type\n")[1].split("Slowest files")[0].splitlines()
+    assert len(section) == 21, section
+    assert section[0].split()[:2] == ["OSError", "3"]  # the most frequent first
+    assert section[-1].split() == ["(more", "types)", "481", "of", "481", "more", "types",
+                                   "(--json", "lists", "every", "type)"]
+    assert len(json.loads(cli("stats", "many", "--json", db=db).stdout)["errors"]["by_type"]) \
+        == 501
+    assert "--json" in cli("stats", "--help").stdout
+
+
+def test_compare_writes_large_changes_with_thousands_separators() -> None:
+    # +499999999900.0% could not be read at a glance
+    assert _cli.fmt_change(499999999900.0) == "+499,999,999,900.0%"
+    assert _cli.fmt_change(-12345.67) == "-12,345.7%"
+    assert _cli.fmt_change(3.0) == "+3.0%"

@@ -115,7 +115,7 @@ def fmt_change(change: float | None) -> str:
         return "n/a"
     if math.isinf(change):
         return "+inf%" if change > 0 else "-inf%"
-    return f"{round(change, 1) + 0.0:+.1f}%"  # + 0.0: a change rounding to -0.0 is +0.0
+    return f"{round(change, 1) + 0.0:+,.1f}%"  # + 0.0: a change rounding to -0.0 is +0.0
 
 
 def _ellipsis(out: TextIO) -> str:
@@ -453,11 +453,17 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
     ], out)
     if s.errors.by_type or s.errors.other_types:
         messages = s.errors.messages
+        ranked = sorted(s.errors.by_type.items(), key=lambda kv: -kv[1])
         pairs = [
             (etype, fmt_int(count) + (f"  e.g. {messages[etype][0]}"
                                       if messages.get(etype) else ""))
-            for etype, count in sorted(s.errors.by_type.items(), key=lambda kv: -kv[1])
+            for etype, count in ranked[:_ERROR_TYPES_SHOWN]
         ]
+        left = ranked[_ERROR_TYPES_SHOWN:]
+        if left:  # thousands of types (an id in each): the most frequent, then a count
+            pairs.append(("(more types)", fmt_int(sum(count for _, count in left))
+                          + f"  of {fmt_count(len(left), 'more type')} (--json lists "
+                            "every type)"))
         if s.errors.other_types:  # types past max_error_types: counted, not by type
             pairs.append(("(other types)", fmt_int(s.errors.other_types)
                           + f"  of types after the first {len(s.errors.by_type)}"))
@@ -469,6 +475,10 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
             (name, f"{_pad(duration, width, right=True)}  {status}")
             for name, duration, status in slowest
         ], out)
+
+
+#: Error types ``stats`` lists, the most frequent first (``--json`` has every one).
+_ERROR_TYPES_SHOWN = 20
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -1019,7 +1029,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "summary as JSON.")
     p.add_argument("batch_id")
     p.add_argument("--json", action="store_true",
-                   help="print the stored summary (BatchMetricsSummary.to_dict()) as JSON")
+                   help="print the stored summary (BatchMetricsSummary.to_dict()) as JSON "
+                        "(every error type: the table lists the 20 most frequent)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("list", parents=[common], help="recent runs",
