@@ -6,7 +6,8 @@ and a database thread would only add start-up time. Only ``demo`` runs async cod
 
 Exit codes: 0 done; 1 a regression (``compare --fail-on-regression``) or a
 watched run that did not finish well; 2 bad input (unknown batch, ``files`` of a
-run recorded without per-file rows, missing or damaged file); 130 interrupted by
+run recorded without per-file rows, missing or damaged file) or an output that cannot
+be written (a full disk, a closed stdout); 130 interrupted by
 Ctrl-C; 141 (128 + SIGPIPE, as a shell reports a command its pipe ended) when the
 output's reader went away before ``watch`` knew the run's outcome. A reader that goes
 away once the exit code is known does not change it.
