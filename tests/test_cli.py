@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import importlib.util
 import io
 import json
 import os
@@ -1335,3 +1337,389 @@ def test_stats_of_a_killed_run_says_when_it_stopped_on_its_own_clock(tmp_path: P
     result = cli("stats", "killed", db=db)
     assert result.returncode == 0, result.stderr
     assert re.search(r"stopped writing at 2017-07-1[34] ", result.stdout), result.stdout
+
+
+# -- narrow terminals, other encodings, closed outputs -----------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _tty(*args: str | Path, cols: int = 80, stderr_too: bool = False, timeout: float = 120,
+         **env: str) -> tuple[int, bytes, bytes]:
+    """Run the command on a pseudo-terminal ``cols`` columns wide (its real size, not
+    $COLUMNS); its exit code, the bytes it showed there, and its stderr (when not on
+    the terminal too)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
+    environment = {k: v for k, v in clean_env().items() if k not in ("COLUMNS", "LINES")}
+    environment.update({"TERM": "xterm-256color", **env})
+    try:
+        child = subprocess.Popen([str(SCRIPT), *map(str, args)], stdin=slave, stdout=slave,
+                                 stderr=slave if stderr_too else subprocess.PIPE,
+                                 env=environment)
+    finally:
+        os.close(slave)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while chunk := os.read(master, 4096):
+            shown += chunk
+    os.close(master)
+    _, err = child.communicate(timeout=timeout)
+    return child.returncode, shown, err or b""
+
+
+def _screen_lines(shown: bytes) -> list[str]:
+    """The lines written, colours and cursor moves taken out."""
+    return _ANSI.sub("", shown.decode("utf-8", "replace")).replace("\r\n", "\n").split("\n")
+
+
+def _first_column(lines: list[str]) -> str:
+    """The first column's pieces joined: a name folded onto more lines is whole again."""
+    return "".join(line.split(" ")[0] for line in lines)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_on_a_narrow_terminal_tables_fold_ids_and_paths_and_keep_numbers_whole(
+        tmp_path: Path) -> None:
+    # rich cut every path to "/data/2026/11/28/…", the demo's ids in list and compare's
+    # headers, and at 40 columns numbers ("16…")
+    pytest.importorskip("rich")
+    from batchmetrics._cli import display_width
+
+    db = tmp_path / "h.db"
+    paths = [f"/data/2026/11/28/sensor-{i:03d}/capture_000123.wfm" for i in range(3)]
+    ids = ["demo-20261128-172903-21383", "demo-20261128-172911-21407"]
+
+    async def build() -> None:
+        async with BatchMetrics("paths", store=db, store_files=True) as m:
+            for path in paths:
+                await m.record_file(path, duration=0.02, samples=35380, bytes_processed=70768)
+            await m.record_error(paths[0] + ".bak", "ValueError",
+                                 "truncated: expected 35380 bytes of samples, got 17690",
+                                 duration=0.01)
+        for k, batch_id in enumerate(ids):
+            async with BatchMetrics(batch_id, store=db) as m:
+                for i in range(1600):
+                    await m.record_file(f"f{i}", duration=0.002 * (k + 1) * (1 + i % 7),
+                                        bytes_processed=4096)
+
+    anyio.run(build)
+    for cols in (80, 40):
+        for args in (["files", "paths"], ["list"], ["compare", *ids]):
+            code, shown, err = _tty("--db", db, *args, cols=cols)
+            assert code == 0, err
+            lines = _screen_lines(shown)
+            text = "\n".join(lines)
+            assert "…" not in text, (cols, args, text)
+            assert "..." not in text, (cols, args, text)
+            if cols == 80:  # fits: the terminal does not wrap a line
+                assert max(map(display_width, lines)) <= cols, (args, text)
+            if args[0] == "files":
+                assert all(p in _first_column(lines) for p in [*paths, paths[0] + ".bak"]), text
+                assert re.findall(r"(?<![\d,])35,380(?![\d,])", text) == ["35,380"] * 3, text
+                assert re.findall(r"(?<![\d,])70,768(?![\d,])", text) == ["70,768"] * 3, text
+            elif args[0] == "list":
+                assert all(i in _first_column(lines) for i in ids), text
+                assert len(re.findall(r"(?<![\d,])1,600(?![\d,])", text)) == 2, text
+            else:
+                assert all(i in text for i in ids), text  # the headers
+                report = json.loads(cli("--db", db, "compare", *ids, "--json").stdout)
+                files_per_s = {m["measure"]: m for m in report["measures"]}["files/s"]
+                assert _cli.fmt_rate(files_per_s["a"]) in text.split(), text
+                assert "1,600" in text.split(), text
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_watch_on_a_terminal_rewrites_one_line_no_wider_than_the_terminal(
+        tmp_path: Path) -> None:
+    # the line (~120 columns) wrapped on an 80-column terminal, and each rewrite
+    # ("\r\x1b[K" goes back to the start of the last row only) left a row behind
+    from batchmetrics._cli import display_width
+
+    db = tmp_path / "live.db"
+    with subprocess.Popen([sys.executable, "-c", RUNNING_CHILD, str(db)],
+                          stdout=subprocess.PIPE, text=True, env=clean_env()) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "started\n"
+            code, shown, err = _tty("--db", db, "watch", "live-run", "--interval", "0.1",
+                                    cols=80)
+            assert child.wait(timeout=60) == 0
+        finally:
+            child.kill()
+    assert code == 0, err
+    text = shown.decode()
+    status, summary = text.split("\r\n", 1)
+    updates = status.split("\r\x1b[K")
+    assert updates[0] == ""
+    assert len(updates) >= 2, text  # (on a loaded machine the run may end before a tick)
+    for line in updates[1:]:
+        assert line.startswith("live-run: "), line
+        assert display_width(line) < 80, line
+    assert updates[-1].startswith("live-run: finished | 300/300 files (100.0%) | ")
+    assert "Batch live-run" in summary
+
+
+def test_watch_on_a_dumb_terminal_writes_no_escape_codes(
+        history: tuple[Path, dict[str, dict[str, Any]]]) -> None:
+    # TERM=dumb (an editor's shell) showed "\x1b[K" as garbage
+    db, _ = history
+    code, shown, err = _tty("--db", db, "watch", "nightly-001", cols=80, TERM="dumb")
+    assert code == 0, err
+    assert b"\x1b" not in shown
+    assert shown.startswith(b"nightly-001: finished | 200/200 files (100.0%) | ")
+    assert shown.split(b"\r\n")[0].endswith(b" ms")  # in full: one line per update
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+@pytest.mark.parametrize(("cols", "batch_id"), [(80, "demo-20261128-172903-21383"),
+                                                (40, "demo-20261128-172903-21383"),
+                                                (80, "id-" + "x" * 117)])
+def test_the_demos_progress_bar_keeps_its_count_whole_and_shortens_the_id(
+        tmp_path: Path, cols: int, batch_id: str) -> None:
+    # the bar showed "81/2…" and "2000/…" at 80 columns; at 40 the count and the bar were
+    # gone; a 120-character id left nothing readable
+    pytest.importorskip("rich")
+    from batchmetrics._cli import display_width
+
+    code, shown, _ = _tty("--db", tmp_path / "d.db", "demo", "--files", "1000", "--latency",
+                          "0.001", "--batch-id", batch_id, cols=cols, stderr_too=True)
+    assert code == 0, shown.decode()
+    text = _ANSI.sub("", shown.decode())
+    frames = [line for line in re.split(r"[\r\n]+", text) if re.search(r"\d+/1000\b", line)]
+    assert frames, text
+    for frame in frames:
+        assert display_width(frame) <= cols, frame
+        assert re.search(r"(^|\s)\d+/1000( |$)", frame), frame  # whole, at its place
+        shown_id = frame.split(" ")[0]
+        assert len(shown_id) >= 10, frame  # the id, shortened to fit
+        assert shown_id == batch_id or (shown_id.endswith("…")
+                                        and batch_id.startswith(shown_id[:-1])), frame
+    assert "1000/1000" in frames[-1]
+
+
+@pytest.mark.parametrize("encoding_env", [{"LC_ALL": "C", "PYTHONUTF8": "0"},
+                                          {"PYTHONIOENCODING": "ascii"}])
+def test_an_ascii_output_gets_us_and_aligned_columns(
+        tmp_path: Path, encoding_env: dict[str, str]) -> None:
+    # "µs" and non-ASCII names were escaped by the stream (\xb5s) after the columns were
+    # measured: every row with one was pushed right
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("enc", store=db, store_files=True) as m:
+            await m.record_file("ñandú.wfm", duration=0.0005, samples=10)
+            await m.record_file("数据.wfm", duration=0.02, samples=10)
+            await m.record_file("plain.wfm", duration=0.00007, samples=10)
+            await m.record_error("错误.wfm", "ValueError", "bad — header", duration=0.0009)
+
+    anyio.run(build)
+    env = {k: v for k, v in clean_env().items()
+           if k not in ("PYTHONIOENCODING", "PYTHONUTF8", "LANG") and not k.startswith("LC_")}
+    env.update(encoding_env)
+    files = subprocess.run([str(SCRIPT), "--db", str(db), "files", "enc"], capture_output=True,
+                           timeout=60, env=env, check=False)
+    assert files.returncode == 0, files.stderr
+    lines = files.stdout.decode("ascii").splitlines()
+    assert "\\xb5" not in files.stdout.decode()
+    status_at = lines[0].index("STATUS")
+    duration_ends = lines[0].index("DURATION") + len("DURATION")
+    assert len(lines) == 2 + 4
+    for line in lines[2:]:
+        assert line[status_at:].split()[0] in ("success", "error"), line
+        assert line[:duration_ends].endswith((" us", " ms")), line
+    assert lines[2].startswith("\\xf1and\\xfa.wfm ")
+    assert re.search(r" 500 us +10 ", lines[2]), lines[2]
+    stats = subprocess.run([str(SCRIPT), "--db", str(db), "stats", "enc"], capture_output=True,
+                           timeout=60, env=env, check=False)
+    assert stats.returncode == 0, stats.stderr
+    out = stats.stdout.decode("ascii").splitlines()
+    assert re.search(r"^  min +70 us$", "\n".join(out), re.M), out
+    slowest = out[out.index("Slowest files") + 1:]
+    assert len(slowest) == 4
+    assert len({line.index("s  ") for line in slowest}) == 1, slowest  # the unit's end
+    assert len({line.rindex("  ") for line in slowest}) == 1, slowest  # the status's start
+
+
+def test_a_non_ascii_batch_id_is_found_under_a_locale_that_is_not_utf8(tmp_path: Path) -> None:
+    # under LC_ALL=C argv's UTF-8 bytes arrive as lone surrogates: "no batch" for a
+    # batch id the history holds
+    db = tmp_path / "h.db"
+    batch_id = "unicode-数据-ñ"
+
+    async def build() -> None:
+        async with BatchMetrics(batch_id, store=db, store_files=True) as m:
+            await m.record_file("a.wfm", duration=0.1)
+
+    anyio.run(build)
+    env = {k: v for k, v in clean_env().items()
+           if k not in ("PYTHONIOENCODING", "PYTHONUTF8", "LANG") and not k.startswith("LC_")}
+    env.update(LC_ALL="C", PYTHONUTF8="0")
+    for args in (["stats", batch_id, "--json"], ["files", batch_id, "--json"],
+                 ["compare", batch_id, batch_id, "--json"], ["watch", batch_id]):
+        result = subprocess.run([str(SCRIPT), "--db", str(db), *args], capture_output=True,
+                                timeout=60, env=env, check=False)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stderr == b"", args
+    stats = subprocess.run([str(SCRIPT), "--db", str(db), "stats", batch_id, "--json"],
+                           capture_output=True, timeout=60, env=env, check=False)
+    assert json.loads(stats.stdout)["batch_id"] == batch_id
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(
+        history: tuple[Path, dict[str, dict[str, Any]]], tmp_path: Path) -> None:
+    # > /dev/full ended in a traceback (OSError ENOSPC) and exit 1; with stdout closed
+    # (>&-) in AttributeError: 'NoneType' object has no attribute 'isatty'
+    db, _ = history
+    for args in (["list"], ["stats", "nightly-001"], ["files", "nightly-001", "--json"],
+                 ["compare", "nightly-001", "nightly-002"], ["watch", "nightly-001"]):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run([str(SCRIPT), "--db", str(db), *args], stdout=full,
+                                    stderr=subprocess.PIPE, text=True, timeout=60,
+                                    env=clean_env(), check=False)
+        assert (result.returncode, result.stderr) == (
+            2, f"batchmetrics: cannot write output: {os.strerror(errno.ENOSPC)}\n"), args
+        closed = subprocess.run(["sh", "-c", '"$0" "$@" >&-', str(SCRIPT), "--db", str(db),
+                                 *args], capture_output=True, text=True, timeout=60,
+                                env=clean_env(), check=False)
+        assert (closed.returncode, closed.stderr) == (
+            2, f"batchmetrics: cannot write output: {os.strerror(errno.EBADF)}\n"), args
+
+    async def export() -> None:
+        async with BatchMetrics("part") as m:
+            await m.record_file("a.wfm", duration=0.1)
+        await m.export_json(tmp_path / "part.json")
+
+    anyio.run(export)
+    # a command that writes nothing there does not need it
+    merged = subprocess.run(["sh", "-c", '"$0" "$@" >&-', str(SCRIPT), "merge",
+                             str(tmp_path / "part.json"), "-o", str(tmp_path / "out.json")],
+                            capture_output=True, text=True, timeout=60, env=clean_env(),
+                            check=False)
+    assert merged.returncode == 0, merged.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["summary"]["total_files"] == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal and a shell")
+def test_the_demo_shows_batch_ids_escaped_and_its_hints_work_when_pasted(
+        tmp_path: Path) -> None:
+    # a batch id's control characters reached the terminal raw (the hints, the rich bar,
+    # the status line without rich), and the hints did not quote it for a shell
+    db = tmp_path / "my runs.db"
+    evil = "evil\x1b[2J\x07"
+    plain = cli("demo", "--files", "20", "--latency", "0.001", "--no-display",
+                "--batch-id", evil, db=db)
+    assert plain.returncode == 0, plain.stderr
+    assert "\x1b" not in plain.stdout
+    assert "\x07" not in plain.stdout
+    assert r"evil\x1b[2J\x07" in plain.stdout.split("Try:")[1]
+    if importlib.util.find_spec("rich") is not None:
+        code, shown, _ = _tty("--db", db, "demo", "--files", "20", "--latency", "0.001",
+                              "--batch-id", evil + "-bar", stderr_too=True)
+        assert code == 0, shown.decode()
+        assert b"\x1b[2J" not in shown
+        assert b"\x07" not in shown
+        assert rb"evil\x1b[2J\x07-bar" in shown
+    no_rich = ("import sys; sys.modules['rich'] = None; from batchmetrics._cli import main; "
+               "sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run(
+        [sys.executable, "-c", no_rich, "--db", str(db), "demo", "--files", "20", "--latency",
+         "0.001", "--batch-id", evil + "-log"],
+        capture_output=True, text=True, timeout=120, env=clean_env(), check=False)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stderr
+    assert "finished: batch evil\\x1b[2J\\x07-log: 20/20 files" in result.stderr
+    # an id with a space and a quote: each hint, pasted into a shell, works
+    odd = "it's a run"
+    demo = cli("demo", "--files", "20", "--latency", "0.001", "--no-display",
+               "--batch-id", odd, db=db)
+    assert demo.returncode == 0, demo.stderr
+    hints = [line.strip() for line in demo.stdout.split("Try:\n")[1].splitlines()]
+    assert hints[0] == f"batchmetrics --db '{db}' list"
+    shell_env = clean_env(PATH=f"{SCRIPT.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    pasted = [subprocess.run(["sh", "-c", hint], capture_output=True, text=True, timeout=60,
+                             env=shell_env, check=False) for hint in hints[:3]]
+    assert [p.returncode for p in pasted] == [0, 0, 0], [p.stderr for p in pasted]
+    assert "it's a run" in pasted[0].stdout  # list
+    assert json.loads(pasted[2].stdout)["batch_id"] == odd  # stats --json
+
+
+def test_a_run_without_a_timed_file_has_no_time_per_file_and_no_regression(
+        tmp_path: Path) -> None:
+    # stats printed "mean 0 s", "p99 0 s"; compare of such a run with another printed
+    # "p50 per file  0 s  200.0 ms  +inf%  REGRESSION" and exited 1
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("zero", store=db):
+            pass
+        async with BatchMetrics("skips", store=db) as m:
+            for i in range(5):
+                await m.record_skip(f"s{i}.wfm", reason="duplicate")
+        async with BatchMetrics("single", store=db) as m:
+            await m.record_file("one.wfm", duration=0.2)
+        async with BatchMetrics("broken", store=db) as m:
+            await m.record_file("one.wfm", duration=0.2)
+            await m.record_error("two.wfm", "OSError", "gone", duration=0.1)
+
+    anyio.run(build)
+    for batch_id in ("zero", "skips"):
+        stats = cli("stats", batch_id, db=db)
+        assert stats.returncode == 0, stats.stderr
+        section = stats.stdout.split("Time per successful file\n")[1].split("Throughput")[0]
+        assert [line.split() for line in section.splitlines()] == [
+            [name, "-"] for name in ("mean", "median", "p90", "p95", "p99", "min", "max",
+                                     "stddev")], stats.stdout
+    assert re.search(r"\n  p99 +200\.0 ms\n", cli("stats", "single", db=db).stdout)
+    for a in ("zero", "skips"):
+        compared = cli("compare", a, "single", "--fail-on-regression", "0", db=db)
+        assert compared.returncode == 0, compared.stdout
+        assert "REGRESSION" not in compared.stdout
+        rows = {line.split("  ")[0]: line.split() for line in compared.stdout.splitlines()[2:]}
+        assert rows["p50 per file"][3:] == ["-", "200.0", "ms", "n/a"], rows
+        report = json.loads(cli("compare", a, "single", "--json", "--fail-on-regression", "0",
+                                db=db).stdout, parse_constant=_reject_constant)
+        p50 = {m["measure"]: m for m in report["measures"]}["p50 per file"]
+        assert (p50["a"], p50["b"], p50["change_percent"], p50["worse_percent"],
+                p50["regression"]) == (None, 0.2, None, None, False)
+        assert report["regressions"] == []
+    # errors appearing where A had none are still infinitely worse
+    worse = cli("compare", "single", "broken", "--fail-on-regression", "0", db=db)
+    assert worse.returncode == 1
+    assert "error rate +inf%" in worse.stderr
+
+
+def test_stats_lists_the_most_frequent_error_types_and_counts_the_rest(tmp_path: Path) -> None:
+    # a run with thousands of error types (an id in each) printed every one of them
+    db = tmp_path / "h.db"
+
+    async def build() -> None:
+        async with BatchMetrics("many", store=db, max_error_types=1000) as m:
+            for i in range(3):
+                await m.record_error(f"o{i}.wfm", "OSError", "gone", duration=0.01)
+            for i in range(500):
+                await m.record_error(f"f{i}.wfm", f"Err{i}", f"msg {i}", duration=0.001)
+
+    anyio.run(build)
+    out = cli("stats", "many", db=db).stdout
+    section = out.split("Errors by type\n")[1].split("Slowest files")[0].splitlines()
+    assert len(section) == 21, section
+    assert section[0].split()[:2] == ["OSError", "3"]  # the most frequent first
+    assert section[-1].split() == ["(more", "types)", "481", "of", "481", "more", "types",
+                                   "(--json", "lists", "every", "type)"]
+    assert len(json.loads(cli("stats", "many", "--json", db=db).stdout)["errors"]["by_type"]) \
+        == 501
+    assert "--json" in cli("stats", "--help").stdout
+
+
+def test_compare_writes_large_changes_with_thousands_separators() -> None:
+    # +499999999900.0% could not be read at a glance
+    assert _cli.fmt_change(499999999900.0) == "+499,999,999,900.0%"
+    assert _cli.fmt_change(-12345.67) == "-12,345.7%"
+    assert _cli.fmt_change(3.0) == "+3.0%"

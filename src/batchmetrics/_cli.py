@@ -6,7 +6,8 @@ and a database thread would only add start-up time. Only ``demo`` runs async cod
 
 Exit codes: 0 done; 1 a regression (``compare --fail-on-regression``) or a
 watched run that did not finish well; 2 bad input (unknown batch, ``files`` of a
-run recorded without per-file rows, missing or damaged file); 130 interrupted by
+run recorded without per-file rows, missing or damaged file) or an output that cannot
+be written (a full disk, a closed stdout); 130 interrupted by
 Ctrl-C; 141 (128 + SIGPIPE, as a shell reports a command its pipe ended) when the
 output's reader went away before ``watch`` knew the run's outcome. A reader that goes
 away once the exit code is known does not change it.
@@ -27,6 +28,8 @@ import logging
 import math
 import os
 import secrets
+import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,7 +39,7 @@ from typing import Any, TextIO
 from wcwidth import wcswidth
 
 from ._aggregate import merge_states
-from ._display import fmt_count
+from ._display import fmt_count, one_line
 from ._events import STATUS_NAMES, FileRecord, is_finite_number
 from ._export import replaced_mode, temp_name
 from ._render import json_text
@@ -65,12 +68,16 @@ def fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+#: The micro sign, written ``u`` where the output's encoding has none (LC_ALL=C).
+_MICRO = "µ"
+
+
 def fmt_seconds(s: float) -> str:
     """A duration for people: ``850 µs``, ``12.3 ms``, ``4.56 s``, ``3m 05s``, ``2h 03m``."""
     if s <= 0:
         return "0 s"
     if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
+        return f"{s * 1e6:.0f} {_MICRO if _can_encode(sys.stdout, _MICRO) else 'u'}s"
     if s < 1:
         return f"{s * 1e3:.1f} ms"
     if s < 60:
@@ -108,7 +115,33 @@ def fmt_change(change: float | None) -> str:
         return "n/a"
     if math.isinf(change):
         return "+inf%" if change > 0 else "-inf%"
-    return f"{round(change, 1) + 0.0:+.1f}%"  # + 0.0: a change rounding to -0.0 is +0.0
+    return f"{round(change, 1) + 0.0:+,.1f}%"  # + 0.0: a change rounding to -0.0 is +0.0
+
+
+def _ellipsis(out: TextIO) -> str:
+    """``…``, or ``...`` where the output's encoding has no ``…``."""
+    return "…" if _can_encode(out, "…") else "..."
+
+
+def _can_encode(out: TextIO, text: str) -> bool:
+    try:
+        text.encode(getattr(out, "encoding", None) or "utf-8")
+    except (UnicodeError, LookupError):
+        return False
+    return True
+
+
+def as_written(text: str, out: TextIO) -> str:
+    """``text`` as ``out`` will write it: the characters its encoding lacks (under
+    LC_ALL=C, every non-ASCII one) escaped, as its ``backslashreplace`` does. Columns
+    are measured on this, not on text that is widened once written."""
+    encoding = getattr(out, "encoding", None)
+    if text.isascii() or not encoding:
+        return text
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except (UnicodeError, LookupError):
+        return text
 
 
 def _use_rich(out: TextIO) -> bool:
@@ -126,30 +159,6 @@ def _use_rich(out: TextIO) -> bool:
 _TABLE_BLOCK = 1000
 
 
-#: Control characters as escapes: a multi-line error message stays on its row.
-_ONE_LINE = {**{c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))},
-             0x2028: "\\u2028", 0x2029: "\\u2029",
-             ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\\"): "\\\\"}
-
-
-def one_line(text: str) -> str:
-    """``text`` with its line breaks, control and other invisible characters (bidi
-    overrides, zero widths) escaped and backslashes doubled: what is shown is what
-    is there, on one line."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    # a backslash is doubled, as in repr(): a name "a\\nb" is not one with a line break
-    return "".join(c if c.isprintable() and c != "\\" else _escape(c) for c in text)
-
-
-def _escape(c: str) -> str:
-    code = ord(c)
-    known = _ONE_LINE.get(code)
-    if known is not None:
-        return known
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
 def display_width(text: str) -> int:
     """The columns ``text`` takes on a terminal (``wcwidth``: wide characters take 2,
     combining ones 0, emoji sequences as terminals show them).
@@ -163,10 +172,90 @@ def display_width(text: str) -> int:
     return width if width >= 0 else len(text)  # -1: a control character (escaped before)
 
 
+def cut_to_width(text: str, width: int, mark: str = "…") -> str:
+    """``text`` cut to at most ``width`` columns (``display_width``), ending in ``mark``
+    when cut."""
+    if display_width(text) <= width:
+        return text
+    room = width - display_width(mark)
+    if room < 0:
+        return ""
+    lo, hi = 0, len(text)  # the longest prefix that fits: fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if display_width(text[:mid]) <= room else (lo, mid)
+    return text[:lo] + mark
+
+
 def _pad(text: str, width: int, right: bool = False) -> str:
     """``text`` padded with spaces to ``width`` columns (``display_width``)."""
     gap = " " * (width - display_width(text))
     return gap + text if right else text + gap
+
+
+#: The fewest columns a text column of a rich table is folded to; a table that does not
+#: fit with its text columns that narrow is printed plain (the terminal wraps its lines).
+_MIN_FOLD = 8
+
+
+def _fit_widths(natural: Sequence[int], least: Sequence[int], groups: Iterable[Sequence[int]],
+                room: int) -> list[int] | None:
+    """Column widths within ``room``: the widest columns of the first group are narrowed
+    first (to one level, none below its ``least``), then those of the next; ``None``
+    when the ``least`` widths do not fit."""
+    if sum(least) > room:
+        return None
+    widths = list(natural)
+    for group in groups:
+        if sum(widths) <= room or not group:
+            continue
+        lo, hi = 0, max(widths[i] for i in group)  # at hi, as wide as now: too wide
+        while hi - lo > 1:  # the highest level that fits (or 0: each at its least)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if sum(_narrowed(widths, least, group, mid)) <= room else (lo, mid)
+        widths = _narrowed(widths, least, group, lo)
+    return widths
+
+
+def _narrowed(widths: Sequence[int], least: Sequence[int], group: Sequence[int],
+              level: int) -> list[int]:
+    """``widths`` with those of ``group`` lowered to ``level``, none below its ``least``."""
+    return [max(least[i], min(w, level)) if i in group else w for i, w in enumerate(widths)]
+
+
+def _print_rich_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
+                      right: set[int], out: TextIO) -> bool:
+    """The table through rich, in the terminal's width: ids, names and paths are folded
+    onto more lines (never cut), numbers kept whole. ``False`` (nothing printed) when it
+    cannot fit."""
+    from rich import box
+    from rich.cells import cell_len
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=out, highlight=False)
+    widest = [max((cell_len(row[i]) for row in rows), default=0) for i in range(len(headers))]
+    natural = [max(cell_len(h), w, 1) for h, w in zip(headers, widest, strict=True)]
+    # a number is never narrowed below its widest cell (its header may fold); text
+    # columns fold down to _MIN_FOLD columns
+    least = [max(widest[i], 1) if i in right else min(natural[i], _MIN_FOLD)
+             for i in range(len(headers))]
+    text_columns = [i for i in range(len(headers)) if i not in right]
+    # each column has a space of padding on each inner side, and a separator between
+    room = console.width - 3 * (len(headers) - 1)
+    widths = _fit_widths(natural, least, (text_columns, sorted(right)), room)
+    if widths is None:
+        return False
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i, (h, width) in enumerate(zip(headers, widths, strict=True)):
+        table.add_column(Text(h, overflow="fold"), justify="right" if i in right else "left",
+                         width=width, overflow="fold")
+    for row in rows:
+        # Text: a file name like "a[/]b" is not markup
+        table.add_row(*(Text(cell, overflow="fold") for cell in row))
+    console.print(table)
+    return True
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
@@ -174,28 +263,19 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
     """Aligned columns; ``right`` are the indexes of right-aligned (numeric) columns.
 
     A table longer than ``_TABLE_BLOCK`` rows is printed as its rows come, in
-    columns as wide as its first rows need: memory stays bounded.
+    columns as wide as its first rows need: memory stays bounded. On a terminal
+    (with rich) it is fitted to the terminal's width, ids and names folded, numbers
+    whole; one that cannot fit, and any other, is printed plain, in full.
     """
     out = out or sys.stdout
-    it = ([one_line(cell) for cell in row] for row in rows)
+    it = ([as_written(one_line(cell), out) for cell in row] for row in rows)
     first: list[Sequence[str]] = list(itertools.islice(it, _TABLE_BLOCK))
     more = next(it, None)
     rest: Iterable[Sequence[str]] = () if more is None else itertools.chain([more], it)
     right = set(right)
-    if more is None and _use_rich(out):
-        from rich import box
-        from rich.console import Console
-        from rich.table import Table
-        from rich.text import Text
-
-        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for i, h in enumerate(headers):
-            table.add_column(Text(one_line(h)), justify="right" if i in right else "left")
-        for row in first:
-            table.add_row(*map(Text, row))  # a file name like "a[/]b" is not markup
-        Console(file=out, highlight=False).print(table)
+    headers = [as_written(one_line(h), out) for h in headers]
+    if more is None and _use_rich(out) and _print_rich_table(headers, first, right, out):
         return
-    headers = [one_line(h) for h in headers]
     # by the columns a cell takes, not its len(): a wide (CJK) or combining character
     # would shift the columns after it
     widths = [max([display_width(h), *(display_width(r[i]) for r in first)])
@@ -214,8 +294,9 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
 def print_pairs(title: str, pairs: Sequence[tuple[str, str]], out: TextIO | None = None) -> None:
     """A section: its title, then ``key  value`` lines indented under it."""
     out = out or sys.stdout
-    print(one_line(title), file=out)
-    pairs = [(one_line(key), one_line(value)) for key, value in pairs]
+    print(as_written(one_line(title), out), file=out)
+    pairs = [(as_written(one_line(key), out), as_written(one_line(value), out))
+             for key, value in pairs]
     width = max([11, *(display_width(k) for k, _ in pairs)])  # the same in every section
     for key, value in pairs:
         print(f"  {_pad(key, width)}  {value}", file=out)
@@ -300,6 +381,12 @@ def checkpoint_time(run: StoredRun) -> float:
 # -- stats ----------------------------------------------------------------------------------------
 
 
+def has_timing(s: BatchMetricsSummary) -> bool:
+    """Whether the run timed a file: its timing is over successful files with a
+    duration > 0, so its longest is 0 when there is none."""
+    return s.timing.max_per_file > 0
+
+
 def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
     """A run's last stored summary, readable.
 
@@ -345,15 +432,18 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
         # stored more rows than its last checkpoint counted
         files.append(("rows stored", f"{fmt_int(run.files_stored)} (see `files`)"))
     print_pairs("Files", files, out)
+    # a run without a timed file (none yet, or only skips and errors) has no time per
+    # file, not one of 0 s
+    per_file = fmt_seconds if has_timing(s) else (lambda _: "-")
     print_pairs("Time per successful file", [
-        ("mean", fmt_seconds(t.average_per_file)),
-        ("median", fmt_seconds(t.median_per_file)),
-        ("p90", fmt_seconds(t.p90_per_file)),
-        ("p95", fmt_seconds(t.p95_per_file)),
-        ("p99", fmt_seconds(t.p99_per_file)),
-        ("min", fmt_seconds(t.min_per_file)),
-        ("max", fmt_seconds(t.max_per_file)),
-        ("stddev", fmt_seconds(t.stddev_per_file)),
+        ("mean", per_file(t.average_per_file)),
+        ("median", per_file(t.median_per_file)),
+        ("p90", per_file(t.p90_per_file)),
+        ("p95", per_file(t.p95_per_file)),
+        ("p99", per_file(t.p99_per_file)),
+        ("min", per_file(t.min_per_file)),
+        ("max", per_file(t.max_per_file)),
+        ("stddev", per_file(t.stddev_per_file)),
     ], out)
     print_pairs("Throughput", [
         ("files/s", fmt_rate(s.throughput.files_per_second)),
@@ -363,11 +453,17 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
     ], out)
     if s.errors.by_type or s.errors.other_types:
         messages = s.errors.messages
+        ranked = sorted(s.errors.by_type.items(), key=lambda kv: -kv[1])
         pairs = [
             (etype, fmt_int(count) + (f"  e.g. {messages[etype][0]}"
                                       if messages.get(etype) else ""))
-            for etype, count in sorted(s.errors.by_type.items(), key=lambda kv: -kv[1])
+            for etype, count in ranked[:_ERROR_TYPES_SHOWN]
         ]
+        left = ranked[_ERROR_TYPES_SHOWN:]
+        if left:  # thousands of types (an id in each): the most frequent, then a count
+            pairs.append(("(more types)", fmt_int(sum(count for _, count in left))
+                          + f"  of {fmt_count(len(left), 'more type')} (--json lists "
+                            "every type)"))
         if s.errors.other_types:  # types past max_error_types: counted, not by type
             pairs.append(("(other types)", fmt_int(s.errors.other_types)
                           + f"  of types after the first {len(s.errors.by_type)}"))
@@ -379,6 +475,10 @@ def render_stats(run: StoredRun, out: TextIO | None = None) -> None:
             (name, f"{_pad(duration, width, right=True)}  {status}")
             for name, duration, status in slowest
         ], out)
+
+
+#: Error types ``stats`` lists, the most frequent first (``--json`` has every one).
+_ERROR_TYPES_SHOWN = 20
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -479,21 +579,28 @@ class Measure:
     """One compared quantity: how to read it, show it, and which way is worse."""
 
     name: str
-    get: Callable[[BatchMetricsSummary], float]
+    get: Callable[[BatchMetricsSummary], float | None]  # None: the run has no value for it
     show: Callable[[float], str]
     higher_is_better: bool
     gated: bool = True  # counts for --fail-on-regression
 
 
+def _timed(s: BatchMetricsSummary, value: float) -> float | None:
+    """A time per file, or ``None`` for a run that timed no file."""
+    return value if has_timing(s) else None
+
+
 MEASURES = (
     Measure("files/s", lambda s: s.throughput.files_per_second, fmt_rate, True),
-    Measure("p50 per file", lambda s: s.timing.median_per_file, fmt_seconds, False),
-    Measure("p90 per file", lambda s: s.timing.p90_per_file, fmt_seconds, False),
-    Measure("p99 per file", lambda s: s.timing.p99_per_file, fmt_seconds, False),
-    Measure("error rate", lambda s: s.errors.rate * 100, lambda x: f"{x:.2f}%", False),
+    Measure("p50 per file", lambda s: _timed(s, s.timing.median_per_file), fmt_seconds, False),
+    Measure("p90 per file", lambda s: _timed(s, s.timing.p90_per_file), fmt_seconds, False),
+    Measure("p99 per file", lambda s: _timed(s, s.timing.p99_per_file), fmt_seconds, False),
+    # no rate of a run without files
+    Measure("error rate", lambda s: s.errors.rate * 100 if s.total_files else None,
+            lambda x: f"{x:.2f}%", False),
     Measure("files", lambda s: s.total_files, lambda x: fmt_int(int(x)), True, gated=False),
-    Measure("mean per file", lambda s: s.timing.average_per_file, fmt_seconds, False,
-            gated=False),
+    Measure("mean per file", lambda s: _timed(s, s.timing.average_per_file), fmt_seconds,
+            False, gated=False),
     Measure("bytes/s", lambda s: s.throughput.bytes_per_second,
             lambda x: fmt_bytes(x) + "/s", True, gated=False),
     Measure("wall time", lambda s: s.timing.total_duration, fmt_seconds, False, gated=False),
@@ -528,15 +635,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows, report, regressions = [], [], []
     for m in MEASURES:
         va, vb = m.get(a), m.get(b)
-        change = percent_change(va, vb)
+        # a run without a value for it (no timed file): nothing to compare, no regression
+        both = va is not None and vb is not None
+        change = percent_change(va, vb) if va is not None and vb is not None else None
         worse = worse_by(m, change)
         flag = ""
         if m.gated and args.fail_on_regression is not None and worse > args.fail_on_regression:
             flag = "REGRESSION"
             regressions.append(f"{m.name} {fmt_change(change)}")
-        rows.append([m.name, m.show(va), m.show(vb), fmt_change(change), flag])
+        rows.append([m.name, "-" if va is None else m.show(va), "-" if vb is None else m.show(vb),
+                     fmt_change(change), flag])
         report.append({"measure": m.name, "a": _finite(va), "b": _finite(vb),
-                       "change_percent": _finite(change), "worse_percent": _finite(worse),
+                       "change_percent": _finite(change),
+                       "worse_percent": _finite(worse) if both else None,
                        "gated": m.gated, "regression": bool(flag)})
     args.exit_code = 1 if regressions else 0  # also if the output's reader goes away
     if args.json:
@@ -636,7 +747,9 @@ def _history_and_run(args: argparse.Namespace) -> tuple[History, StoredRun]:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     out = sys.stdout
-    tty = out.isatty()
+    # on a terminal the line is rewritten in place: cut to its width, or each wrapped
+    # line would stay behind; a dumb one (TERM=dumb) gets no escape codes, a line each
+    rewrite = out.isatty() and os.environ.get("TERM") != "dumb"
     history, run = _history_and_run(args)
     with history:
         interval = args.interval or min(max(run.interval, 0.1), 5.0)
@@ -645,8 +758,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
             args.exit_code = EXIT_READER_GONE if run.status == "running" else \
                 _watch_outcome(run)
             line = watch_line(run)
-            if tty:
-                out.write("\r\x1b[K" + line)
+            if rewrite:
+                # one column to spare: some terminals wrap as soon as the last is written
+                width = shutil.get_terminal_size().columns - 1
+                out.write("\r\x1b[K" + cut_to_width(as_written(line, out), width,
+                                                      _ellipsis(out)))
             else:
                 out.write(line + "\n")
             out.flush()
@@ -657,7 +773,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if fresh is None:
                 raise CliError(f"batch {args.batch_id!r} disappeared from {history.path}")
             run = fresh
-    if tty:
+    if rewrite:
         out.write("\n")
     print(file=out)
     render_stats(run, out)
@@ -845,11 +961,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     with open_history(args) as history:
         render_stats(get_run(history, batch_id))
-    cmd = "batchmetrics" + (f" --db {path}" if path != DEFAULT_DB else "")
-    print(f"\nStored in {path}. Try:")
-    for rest in ("list", f"files {batch_id} --status error", f"stats {batch_id} --json",
-                 f"compare {batch_id} <another run, e.g. the next demo>"):
-        print(f"  {cmd} {rest}")
+    # commands that work when pasted (quoted for a shell), shown on one line
+    cmd = "batchmetrics" + (f" --db {shlex.quote(path)}" if path != DEFAULT_DB else "")
+    quoted = shlex.quote(batch_id)
+    print(f"\nStored in {one_line(path)}. Try:")
+    for rest in ("list", f"files {quoted} --status error", f"stats {quoted} --json",
+                 f"compare {quoted} <another run, e.g. the next demo>"):
+        print(one_line(f"  {cmd} {rest}"))
     return 0
 
 
@@ -916,7 +1034,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "summary as JSON.")
     p.add_argument("batch_id")
     p.add_argument("--json", action="store_true",
-                   help="print the stored summary (BatchMetricsSummary.to_dict()) as JSON")
+                   help="print the stored summary (BatchMetricsSummary.to_dict()) as JSON "
+                        "(every error type: the table lists the 20 most frequent)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("list", parents=[common], help="recent runs",
@@ -951,7 +1070,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "count as infinitely worse)")
     p.add_argument("--json", action="store_true",
                    help="print JSON; change_percent and worse_percent are null when A is 0 "
-                        "(no percentage: see a, b and regression)")
+                        "(no percentage: see a, b and regression); a or b is null when that "
+                        "run has no value (no timed file, or no file for the error rate)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("watch", parents=[common], help="follow a running batch",
@@ -999,9 +1119,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def argument_text(arg: str) -> str:
+    """A command-line argument as the text it was typed as: under a locale that is not
+    UTF-8 (LC_ALL=C) Python decodes argv's UTF-8 bytes as lone surrogates, while batch
+    ids are stored as UTF-8 text; bytes that are not UTF-8 stay surrogates."""
+    try:
+        return os.fsencode(arg).decode("utf-8", "surrogateescape")
+    except UnicodeError:  # a surrogate that does not stand for a byte
+        return arg
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
+    for name in ("batch_id", "a", "b"):  # batch ids (file paths stay as the OS gave them)
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.isascii():
+            setattr(args, name, argument_text(value))
+    if sys.stdout is None:  # started with its standard output closed (>&-)
+        sys.stdout = _ClosedOutput()  # a command that writes to it fails as a full disk does
     for stream in (sys.stdout, sys.stderr):
         # a stored name from undecodable bytes (lone surrogates) is shown escaped
         if isinstance(stream, io.TextIOWrapper):
@@ -1019,7 +1155,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `batchmetrics files x | head`: stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _drop_output()
         return int(getattr(args, "exit_code", 0))  # what the command had decided, if it had
+    except OSError as exc:
+        if exc.filename is not None:  # a file's, not the output's: not expected here
+            raise
+        # a full disk (> /dev/full), a closed output (>&-), an I/O error
+        print(f"batchmetrics: cannot write output: {exc.strerror or exc}", file=sys.stderr)
+        _drop_output()
+        return 2
     return code
+
+
+class _ClosedOutput(io.TextIOBase):
+    """``sys.stdout`` when the process started without one: writing fails with EBADF."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+
+def _drop_output() -> None:
+    """Send what is left in stdout's buffer to the null device, so that the interpreter's
+    flush at exit does not fail again (with a second message): as the Python docs
+    advise for SIGPIPE."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # no file behind it (closed at start)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
