@@ -24,7 +24,7 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream
 
 from batchmetrics import BatchMetrics, JsonlSink
-from batchmetrics.demo import decode, make_files
+from batchmetrics.demo import decode, make_files_in_thread
 
 
 async def worker(metrics: BatchMetrics, jobs: ObjectReceiveStream[Path]) -> None:
@@ -53,7 +53,7 @@ async def report(metrics: BatchMetrics) -> None:
 
 async def run(files: int, workers: int, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        paths = await anyio.to_thread.run_sync(make_files, Path(tmp), files)
+        paths = await make_files_in_thread(Path(tmp), files)
         metrics = BatchMetrics(
             "live-example",
             keep_files=False,

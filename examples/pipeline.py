@@ -22,13 +22,13 @@ from pathlib import Path
 import anyio
 
 from batchmetrics import BatchMetrics
-from batchmetrics.demo import make_files, run_pipeline
+from batchmetrics.demo import make_files_in_thread, run_pipeline
 
 
 async def run(files: int, workers: int, out: Path) -> None:
     """Process ``files`` sample files with ``workers`` coroutines; reports go to ``out``."""
     with tempfile.TemporaryDirectory() as tmp:
-        paths = await anyio.to_thread.run_sync(make_files, Path(tmp), files)
+        paths = await make_files_in_thread(Path(tmp), files)
         async with BatchMetrics("example-pipeline", total_files=len(paths)) as metrics:
             await run_pipeline(metrics, paths, workers)
     summary = metrics.summary()

@@ -604,6 +604,35 @@ def test_two_demos_started_at_once_get_their_own_batch_ids(tmp_path: Path) -> No
         assert len(h.runs()) == 2
 
 
+@pytest.mark.skipif(os.name != "posix", reason="sends SIGINT")
+def test_ctrl_c_while_the_demo_makes_its_files_exits_130_and_leaves_no_files(
+        tmp_path: Path) -> None:
+    # the wait for the thread making the files was given up while it still wrote:
+    # removing the folder failed (OSError: Directory not empty), a traceback and exit 1,
+    # and thousands of files were left in /tmp
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = clean_env(TMPDIR=str(tmp))
+    demo = subprocess.Popen([str(SCRIPT), "--db", str(tmp_path / "h.db"), "demo",
+                             "--files", "100000", "--no-display"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(len(list(d.iterdir())) > 50 for d in tmp.iterdir()):
+            assert demo.poll() is None, demo.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        demo.send_signal(signal.SIGINT)
+        _, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 130, err
+    assert "Traceback" not in err
+    assert list(tmp.iterdir()) == []
+
+
 def test_demo_without_rich_shows_progress_as_log_lines(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['rich'] = None; from batchmetrics._cli import main; "
             "sys.exit(main(sys.argv[1:]))")

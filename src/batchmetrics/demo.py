@@ -9,12 +9,15 @@ times every file and records its outcome.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import random
 import struct
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 
@@ -28,14 +31,19 @@ from ._collector import BatchMetrics
 MAGIC = b"WFM1"
 
 
-def make_files(folder: Path, count: int, seed: int = 42) -> list[Path]:
+def make_files(folder: Path, count: int, seed: int = 42, *,
+               stop: threading.Event | None = None) -> list[Path]:
     """Write ``count`` files: every 37th corrupt, every 53rd truncated, and 1 in 100
-    (at least one) an exact copy of an earlier one, which the pipeline skips."""
+    (at least one) an exact copy of an earlier one, which the pipeline skips.
+
+    ``stop``: once set, no more files are written (the files so far are returned)."""
     rng = random.Random(seed)
     copies = max(count // 100, 1) if count > 1 else 0
     originals = count - copies
-    paths = []
+    paths: list[Path] = []
     for i in range(originals):
+        if stop is not None and stop.is_set():
+            return paths
         n = rng.randrange(2_000, 40_000)
         header = MAGIC + struct.pack("<I", n)
         if i % 37 == 5:
@@ -52,6 +60,20 @@ def make_files(folder: Path, count: int, seed: int = 42) -> list[Path]:
         dup.write_bytes(paths[j].read_bytes())
         paths.append(dup)
     return paths
+
+
+async def make_files_in_thread(folder: Path, count: int, seed: int = 42) -> list[Path]:
+    """``make_files`` in a worker thread. Cancelled (Ctrl-C), it stops the thread and
+    waits for it, so that the folder can be removed at once: a thread still writing
+    into it made the removal fail ("Directory not empty") and left the files behind."""
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="batchmetrics-demo-files") as pool:
+        made = pool.submit(make_files, folder, count, seed, stop=stop)
+        try:
+            return await asyncio.wrap_future(made)
+        except BaseException:
+            stop.set()  # the pool's exit waits for the file being written, then the thread
+            raise
 
 
 def decode(data: bytes) -> tuple[int, int]:
@@ -112,7 +134,7 @@ async def run_demo(db: str | os.PathLike[str], *, files: int, workers: int, batc
                    latency: float, display: bool) -> BatchMetrics:
     """The demo: sample files in a temp folder, processed and stored in the history ``db``."""
     with tempfile.TemporaryDirectory(prefix="batchmetrics-demo-") as tmp:
-        paths = await anyio.to_thread.run_sync(make_files, Path(tmp), files)
+        paths = await make_files_in_thread(Path(tmp), files)
         async with BatchMetrics(batch_id, total_files=len(paths), store=db, store_files=True,
                                 display=display, interval=0.25) as metrics:
             await run_pipeline(metrics, paths, workers, latency)
