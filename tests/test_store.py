@@ -669,6 +669,13 @@ async def test_a_history_on_read_only_media_is_read(tmp_path: Path) -> None:
         assert run is not None
         assert run.summary["total_files"] == 30
         assert len(list(history.files("burned"))) == 30
+        # another process writes to the file through a view of its own (the read-only
+        # view may be a container's): a History still open sees it
+        folder.chmod(0o755)
+        async with BatchMetrics("later", store=folder / "h.db") as m:
+            await record_mixed(m, 5)
+        folder.chmod(0o555 if os.geteuid() else 0o755)
+        assert [r.batch_id for r in history.runs()] == ["later", "burned"]
     # a -wal file beside it may hold writes the file lacks: not read without them
     (folder / "h.db-wal").write_bytes(b"\0" * 100)
     with _read_only_folder(folder) as ro, \

@@ -612,8 +612,6 @@ def _stamps_problem(agg: Aggregate) -> str | None:
         if ts is not None and not FIRST_STAMP <= ts < STAMPS_END:
             return (f"{name} must be a Unix time in [{FIRST_STAMP:.0f}, {STAMPS_END:.0f}) "
                     f"(years 1 to 9999), got {ts!r}")
-    if agg.start_ts is not None and agg.end_ts is not None and agg.end_ts < agg.start_ts:
-        return f"end_ts {agg.end_ts!r} is before start_ts {agg.start_ts!r}"
     return None
 
 

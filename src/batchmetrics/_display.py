@@ -128,7 +128,8 @@ def fit_progress_line(width: int, count: int, description: int, others: Sequence
     """The widths of the batch id and the bar on a progress line ``width`` columns wide
     (0: left out), and which of ``others`` (rate, errors, ETA, elapsed: their widths)
     are shown. The count is always shown whole; the id is shortened first, then the
-    bar, then the others are left out, the last first. One space between parts."""
+    bar; then each of the others is shown if it still fits, in order (a later, narrower
+    one may fit where an earlier one did not). One space between parts."""
     # in the order they are kept; on a terminal too narrow for the id's least, what is left
     parts = [min(description, _ID_MIN, max(width - count - 1, 0)), _BAR_MIN, *others]
     shown = [False] * len(parts)

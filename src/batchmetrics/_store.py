@@ -953,9 +953,9 @@ def derive_status(status: str, host: str, pid: int, interval: float, updated_at:
 
 
 def _read_only_copy(p: Path, exc: sqlite3.OperationalError) -> bool:
-    """Whether ``p`` failed to open only because its folder cannot be written (read-only
-    media: no -shm file can be made) and can be read as it is: no -wal file with
-    writes the file itself lacks (the last writer closed it cleanly)."""
+    """Whether ``p`` failed to open only because its folder cannot be written here (no
+    -shm file can be made) and can be read as it is: no -wal file with writes the file
+    itself lacks (the last writer closed it cleanly)."""
     if "unable to open" not in str(exc) or os.access(p.parent, os.W_OK):
         return False
     wal = p.with_name(p.name + "-wal")
@@ -1025,20 +1025,9 @@ class History:
             raise HistoryError(f"{self.path} is a directory, not a history database")
         if not p.is_file():  # reading a FIFO would wait for a writer, forever
             raise HistoryError(f"{self.path} is not a regular file, so not a history database")
-        try:
-            version, has_runs = self._open(p, immutable=False)
-        except sqlite3.OperationalError as exc:
-            if not _read_only_copy(p, exc):
-                raise self._open_error(exc) from exc
-            # On read-only media SQLite cannot make the -shm file a WAL reader needs.
-            # Nothing can write there, and no -wal file holds what the file lacks: read
-            # it as it is.
-            try:
-                version, has_runs = self._open(p, immutable=True)
-            except sqlite3.DatabaseError as exc2:
-                raise self._open_error(exc2) from exc2
-        except sqlite3.DatabaseError as exc:
-            raise self._open_error(exc) from exc
+        #: While the file is read as it is (see ``_connect``): its size and time then.
+        self._as_it_was: tuple[int, int] | None = None
+        version, has_runs = self._connect(p)
         if version < 1 or not has_runs:
             self._conn.close()
             raise HistoryError(f"{self.path} is a SQLite file but holds no batchmetrics history")
@@ -1046,6 +1035,37 @@ class History:
             self._conn.close()
             raise _newer_schema(self.path, version)
         self._host = socket.gethostname()
+
+    def _connect(self, p: Path) -> tuple[int, bool]:
+        try:
+            return self._open(p, immutable=False)
+        except sqlite3.OperationalError as exc:
+            if not _read_only_copy(p, exc):
+                raise self._open_error(exc) from exc
+            # In a folder this reader cannot write (read-only media, a read-only view,
+            # another user's) SQLite cannot make the -shm file a WAL reader needs. No
+            # -wal file holds what the file lacks: read it as it is, and read it again
+            # when it changes (another process may write through a view of its own).
+            try:
+                stat = p.stat()
+                found = self._open(p, immutable=True)
+            except (OSError, sqlite3.DatabaseError) as exc2:
+                raise self._open_error(exc2) from exc2
+            self._as_it_was = (stat.st_size, stat.st_mtime_ns)
+            return found
+        except sqlite3.DatabaseError as exc:
+            raise self._open_error(exc) from exc
+
+    def _changed_since_read(self) -> bool:
+        """Whether the file read as it is has changed since, or has a -wal file now."""
+        p = Path(self.path)
+        try:
+            stat = p.stat()
+            wal = p.with_name(p.name + "-wal")
+            return (stat.st_size, stat.st_mtime_ns) != self._as_it_was or \
+                (wal.exists() and wal.stat().st_size > 0)
+        except OSError:
+            return True
 
     def _open(self, p: Path, *, immutable: bool) -> tuple[int, bool]:
         """Connect read-only; the schema version and whether a ``runs`` table is there."""
@@ -1060,7 +1080,9 @@ class History:
             raise
         return version, has_runs is not None
 
-    def _open_error(self, exc: sqlite3.Error) -> HistoryError:
+    def _open_error(self, exc: sqlite3.Error | OSError) -> HistoryError:
+        if isinstance(exc, OSError):
+            return HistoryError(f"cannot open {self.path}: {exc.strerror or exc}")
         if _is_locked(exc):
             return HistoryError(f"cannot read {self.path}: another process holds it locked "
                                 f"({exc}); try again once it lets go")
@@ -1078,6 +1100,10 @@ class History:
         self._conn.close()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        if self._as_it_was is not None and self._changed_since_read():
+            self._conn.close()
+            self._as_it_was = None
+            self._connect(Path(self.path))  # as it is now (through its WAL, if it can)
         try:
             return self._conn.execute(sql, params).fetchall()
         except UnicodeEncodeError:  # a batch id with a lone surrogate: none is stored so

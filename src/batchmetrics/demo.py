@@ -55,6 +55,8 @@ def make_files(folder: Path, count: int, seed: int = 42, *,
         path.write_bytes(header + body)
         paths.append(path)
     for k in range(copies):
+        if stop is not None and stop.is_set():
+            return paths
         j = k * originals // copies  # spread over the originals
         dup = folder / f"capture_{j:05d}_copy.wfm"
         dup.write_bytes(paths[j].read_bytes())
