@@ -4,7 +4,7 @@ Constant-memory streaming aggregates, live summaries, atomic exports and a
 SQLite history of runs. Start with :class:`BatchMetrics`.
 """
 
-from typing import Any
+from typing import Any as _Any
 
 from ._aggregate import Aggregate as Aggregate
 from ._aggregate import merge_states as merge_states
@@ -61,7 +61,7 @@ __all__ = [
 __version__: str  # the installed distribution's version, read when first asked for
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     # importlib.metadata costs about 90 ms to import: a sixth of the CLI's start
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
