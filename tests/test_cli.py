@@ -1456,8 +1456,12 @@ def test_on_a_narrow_terminal_tables_fold_ids_and_paths_and_keep_numbers_whole(
             elif args[0] == "list":
                 assert all(i in _first_column(lines) for i in ids), text
                 assert len(re.findall(r"(?<![\d,])1,600(?![\d,])", text)) == 2, text
-            else:
-                assert all(i in text for i in ids), text  # the headers
+            else:  # the headers: folded (or not) by the width the numbers leave them
+                rule = re.compile(r"^[ \u2500-]+$")  # rich's rule, or the plain table's
+                head = lines[:next(n for n, line in enumerate(lines) if rule.match(line))]
+                tokens = [line.split() for line in head]
+                assert ["".join(t[k] for t in tokens if len(t) > k) for k in (0, 1)] == ids, \
+                    text
                 report = json.loads(cli("--db", db, "compare", *ids, "--json").stdout)
                 files_per_s = {m["measure"]: m for m in report["measures"]}["files/s"]
                 assert _cli.fmt_rate(files_per_s["a"]) in text.split(), text
