@@ -469,17 +469,25 @@ anyio.run(main, sys.argv[1])
 """
 
 
-def test_watch_follows_a_running_batch_until_it_ends(tmp_path: Path) -> None:
-    db = tmp_path / "live.db"
+@contextlib.contextmanager
+def _running_child(db: Path) -> Iterator[subprocess.Popen[str]]:
+    """A process recording batch 'live-run' into ``db``, once it has started; killed at
+    the end if it is still running."""
     with subprocess.Popen([sys.executable, "-c", RUNNING_CHILD, str(db)],
                           stdout=subprocess.PIPE, text=True, env=clean_env()) as child:
         try:
             assert child.stdout is not None
             assert child.stdout.readline() == "started\n"
-            result = cli("watch", "live-run", "--interval", "0.1", db=db, timeout=60)
-            assert child.wait(timeout=60) == 0
+            yield child
         finally:
             child.kill()
+
+
+def test_watch_follows_a_running_batch_until_it_ends(tmp_path: Path) -> None:
+    db = tmp_path / "live.db"
+    with _running_child(db) as child:
+        result = cli("watch", "live-run", "--interval", "0.1", db=db, timeout=60)
+        assert child.wait(timeout=60) == 0
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     running = [line for line in lines if line.startswith("live-run: running")]
@@ -1164,22 +1172,10 @@ def test_multi_line_error_messages_stay_on_their_row(tmp_path: Path) -> None:
 
 
 def _on_a_terminal(*args: str | Path) -> str:
-    """What the command shows on a real terminal (a pty), where tables go through rich."""
-    import pty  # POSIX only
-
-    master, slave = pty.openpty()
-    try:
-        child = subprocess.Popen([str(SCRIPT), *map(str, args)], stdin=slave, stdout=slave,
-                                 stderr=subprocess.PIPE, env={**clean_env(), "COLUMNS": "200"})
-    finally:
-        os.close(slave)
-    shown = b""
-    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
-        while chunk := os.read(master, 4096):
-            shown += chunk
-    os.close(master)
-    _, err = child.communicate(timeout=60)
-    assert child.returncode == 0, err.decode()
+    """What the command shows on a real terminal (a pty, 200 columns), where tables go
+    through rich."""
+    code, shown, err = _tty(*args, cols=200)
+    assert code == 0, err.decode()
     return shown.decode("utf-8", "replace")
 
 
@@ -1476,16 +1472,9 @@ def test_watch_on_a_terminal_rewrites_one_line_no_wider_than_the_terminal(
     from batchmetrics._cli import display_width
 
     db = tmp_path / "live.db"
-    with subprocess.Popen([sys.executable, "-c", RUNNING_CHILD, str(db)],
-                          stdout=subprocess.PIPE, text=True, env=clean_env()) as child:
-        try:
-            assert child.stdout is not None
-            assert child.stdout.readline() == "started\n"
-            code, shown, err = _tty("--db", db, "watch", "live-run", "--interval", "0.1",
-                                    cols=80)
-            assert child.wait(timeout=60) == 0
-        finally:
-            child.kill()
+    with _running_child(db) as child:
+        code, shown, err = _tty("--db", db, "watch", "live-run", "--interval", "0.1", cols=80)
+        assert child.wait(timeout=60) == 0
     assert code == 0, err
     text = shown.decode()
     status, summary = text.split("\r\n", 1)

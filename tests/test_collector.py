@@ -938,6 +938,16 @@ class _StuckOnSecondWrite:
         pass
 
 
+async def _record_1000_around_a_first_write(m: BatchMetrics) -> None:
+    """Run ``m`` over 1,000 files: 500, folded (the sinks' first write is done), 500 more."""
+    async with m:
+        for i in range(500):
+            await m.record_file(f"f{i}.wfm", duration=0.01)
+        await m.snapshot()
+        for i in range(500, 1000):
+            await m.record_file(f"f{i}.wfm", duration=0.01)
+
+
 @pytest.mark.asyncio
 async def test_a_sink_stuck_past_the_exit_deadline_leaves_the_rows_to_the_sinks_after_it(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -947,16 +957,8 @@ async def test_a_sink_stuck_past_the_exit_deadline_leaves_the_rows_to_the_sinks_
     m = BatchMetrics("stuck", store=tmp_path / "h.db", store_files=True, shutdown_timeout=1,
                      sinks=[_StuckOnSecondWrite(), JsonlSink(log)])
 
-    async def run() -> None:
-        async with m:
-            for i in range(500):
-                await m.record_file(f"f{i}.wfm", duration=0.01)
-            await m.snapshot()  # folded: the sink's first write is done
-            for i in range(500, 1000):
-                await m.record_file(f"f{i}.wfm", duration=0.01)
-
     with pytest.raises(TimeoutError):
-        await run()
+        await _record_1000_around_a_first_write(m)
     assert m.summary().total_files == 1000
     assert len(log.read_text(encoding="utf-8").splitlines()) == 1000
     assert "not being recorded" not in caplog.text
@@ -990,16 +992,8 @@ async def test_an_interrupt_in_a_sinks_write_leaves_the_rows_to_the_outputs_afte
     m = BatchMetrics("hit", store=db, store_files=True,
                      sinks=[_ExitsOnSecondWrite(), JsonlSink(log)])
 
-    async def run() -> None:
-        async with m:
-            for i in range(500):
-                await m.record_file(f"f{i}.wfm", duration=0.01)
-            await m.snapshot()  # folded: the sink's first write is done
-            for i in range(500, 1000):
-                await m.record_file(f"f{i}.wfm", duration=0.01)
-
     with pytest.raises(SystemExit):
-        await run()
+        await _record_1000_around_a_first_write(m)
     counted = m.summary().total_files
     assert counted == 1000
     assert len(log.read_text(encoding="utf-8").splitlines()) == counted

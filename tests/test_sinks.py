@@ -357,14 +357,22 @@ async def test_a_sink_fed_one_record_at_a_time_writes_every_line_in_order(
     assert sink.rows == 5000
 
 
-@pytest.mark.asyncio
-@pytest.mark.parametrize("kind", [CsvSink, JsonlSink])
-async def test_a_large_batch_gives_the_event_loop_turns_while_it_is_rendered(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: type[CsvSink | JsonlSink]) -> None:
-    # a fold of 4,096 CSV rows held the loop for 40-140 ms: now it yields every _TURN
-    # seconds (0 here: after every slice of rows)
+@pytest.fixture(params=[CsvSink, JsonlSink])
+def turning_sink(request: pytest.FixtureRequest, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> CsvSink | JsonlSink:
+    """A file sink writing ``tmp_path / "out"`` that gives the event loop a turn after
+    every slice of rows (``_TURN`` 0)."""
     monkeypatch.setattr(_sinks, "_TURN", 0.0)
-    sink = kind(tmp_path / "out")
+    sink: CsvSink | JsonlSink = request.param(tmp_path / "out")
+    return sink
+
+
+@pytest.mark.asyncio
+async def test_a_large_batch_gives_the_event_loop_turns_while_it_is_rendered(
+        tmp_path: Path, turning_sink: CsvSink | JsonlSink) -> None:
+    # a fold of 4,096 CSV rows held the loop for 40-140 ms: now it yields every _TURN
+    # seconds
+    sink = turning_sink
     records = _records(4096)
     turns = 0
 
@@ -385,17 +393,15 @@ async def test_a_large_batch_gives_the_event_loop_turns_while_it_is_rendered(
     await sink.aclose()
     assert sink.rows == 4096
     text = (tmp_path / "out").read_text(encoding="utf-8")
-    assert len(text.splitlines()) == 4096 + (kind is CsvSink)
+    assert len(text.splitlines()) == 4096 + isinstance(sink, CsvSink)
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kind", [CsvSink, JsonlSink])
 async def test_a_write_cancelled_at_one_of_its_turns_still_takes_every_row(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: type[CsvSink | JsonlSink]) -> None:
+        tmp_path: Path, turning_sink: CsvSink | JsonlSink) -> None:
     # the consumer's fold counted the batch: the sink must hold all of it, as it did
     # when the whole batch was rendered before any wait
-    monkeypatch.setattr(_sinks, "_TURN", 0.0)
-    sink = kind(tmp_path / "out")
+    sink = turning_sink
     records = _records(3000)
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
@@ -409,7 +415,7 @@ async def test_a_write_cancelled_at_one_of_its_turns_still_takes_every_row(
     assert sink.rows == 3000
     await sink.aclose()
     lines = (tmp_path / "out").read_text(encoding="utf-8").splitlines()
-    if kind is CsvSink:
+    if isinstance(sink, CsvSink):
         assert [row[0] for row in csv.reader(lines[1:])] == [r.filename for r in records]
     else:
         assert [json.loads(line)["filename"] for line in lines] == \
