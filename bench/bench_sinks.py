@@ -11,7 +11,7 @@ as the median over rounds of the ratio within a round (which cancels the slow
 drifts of a shared machine's speed). The sink's cost is the difference of two
 noisy times, so a single round's ratio moves by about ±0.1 here (the quartiles
 of the rounds are printed): the default of 25 rounds keeps the median within a
-few hundredths between runs (0.23-0.29x in 10 runs), where 9 rounds, the old
+few hundredths between runs (0.23-0.29x in 11 runs), where 9 rounds, the old
 default, let it move by ±0.1 (0.16-0.35x).
 
 Part 2 runs in a fresh child process: 1,000,000 files with ``keep_files=False``
