@@ -298,11 +298,12 @@ class _DamagedRows(HistoryError):
 
 _Count = Annotated[int, msgspec.Meta(ge=0)]
 _Seconds = Annotated[float, msgspec.Meta(ge=0)]
-#: A stored row as the record calls check it (the event layout), checked in C as it is
-#: decoded: a damaged row is an error, never a record with a field of the wrong type.
-_PACK_ROWS = msgspec.msgpack.Decoder(list[tuple[
-    str, float, _Seconds, _Count, _Count, _Count, Literal[0, 1, 2],
-    str | None, str | None, _Count | None]])
+#: Stored rows as the record calls check them (the event layout), checked in C as packs
+#: are decoded and chunks converted: a damaged row is an error, never a record with a
+#: field of the wrong type.
+_ROWS = list[tuple[str, float, _Seconds, _Count, _Count, _Count, Literal[0, 1, 2],
+                   str | None, str | None, _Count | None]]
+_PACK_ROWS = msgspec.msgpack.Decoder(_ROWS)
 
 
 def decode_pack(n: int, rows: bytes) -> list[FileRecord]:
@@ -400,34 +401,13 @@ def encode_chunk(events: Sequence[Event]) -> tuple[Any, ...]:
 def decode_chunk(row: Sequence[Any]) -> list[FileRecord]:
     """The records of one chunk, from its column values (as ``encode_chunk`` returns them)."""
     try:
-        records = _decode_chunk(row)
-    except (ValueError, TypeError, AttributeError) as exc:  # UnicodeDecodeError, JSON's too
+        return list(map(FileRecord._make, msgspec.convert(_decode_chunk(row), _ROWS)))
+    except (ValueError, TypeError, AttributeError,  # UnicodeDecodeError, JSON's too
+            msgspec.ValidationError) as exc:
         raise _DamagedRows(f"a chunk of file rows is damaged: {exc}") from None
-    problem = _chunk_problem(records)
-    if problem:
-        raise _DamagedRows(f"a chunk of file rows is damaged: {problem}")
-    return records
 
 
-def _chunk_problem(records: list[FileRecord]) -> str | None:
-    """What no record call could have written in these rows, or ``None`` (chunks are
-    rare: checked in Python)."""
-    def count(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-    for r in records:
-        if not (isinstance(r.filename, str) and isinstance(r.end_time, float)
-                and isinstance(r.duration, float) and r.duration >= 0
-                and count(r.samples) and count(r.measurements) and count(r.bytes_processed)
-                and r.status_code in (0, 1, 2)
-                and (r.error_type is None or isinstance(r.error_type, str))
-                and (r.error_message is None or isinstance(r.error_message, str))
-                and (r.memory_peak is None or count(r.memory_peak))):
-            return f"the row of {r.filename!r} has a field out of its type or range"
-    return None
-
-
-def _decode_chunk(row: Sequence[Any]) -> list[FileRecord]:
+def _decode_chunk(row: Sequence[Any]) -> list[tuple[Any, ...]]:
     (n, names, lengths, ends, durations, samples, measurements, nbytes, status, etypes,
      emsgs, peaks) = row
     text = names.decode("utf-8", "surrogatepass")
@@ -446,7 +426,7 @@ def _decode_chunk(row: Sequence[Any]) -> list[FileRecord]:
     )
     if any(len(c) != n for c in columns) or offsets[-1] != len(text):
         raise ValueError(f"expected {n} rows in every column")
-    return list(map(FileRecord._make, zip(*columns, strict=True)))
+    return list(zip(*columns, strict=True))
 
 
 _CHUNK_COLUMNS = ("n, filename, name_length, end_time, duration, samples, measurements, "
