@@ -342,13 +342,6 @@ _CSV_PLAIN = "%s,%s,%s,%r,%s,%s,%s,,,,%r,%s\r\n"
 _CSV_SPECIAL = re.compile('[,"\r\n\x00]')
 
 
-def _csv_writer_rows(plain: list[Event], mask: bytearray | None,
-                     events: Sequence[Event]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf).writerows(_merge(mask, _plain_rows(plain), events, _csv_values))
-    return buf.getvalue()
-
-
 def _csv_line(ev: Event) -> str:
     buf = io.StringIO()
     csv.writer(buf).writerow(_csv_values(ev))
@@ -366,17 +359,18 @@ def csv_rows(events: Sequence[Event]) -> str:
         return ""
     plain, mask = _split_plain(events)
     names = list(map(_G[0], plain))
-    if _CSV_SPECIAL.search("".join(names)):
-        return _csv_writer_rows(plain, mask, events)
     durations = list(map(_G[2], plain))
     ends = list(map(_G[1], plain))
+    starts = list(map(sub, ends, durations))
+    # a name csv.writer quotes, or a time of 0 (written as empty): its way, for them all
+    if _CSV_SPECIAL.search("".join(names)) or not (all(starts) and all(ends)):
+        buf = io.StringIO()
+        csv.writer(buf).writerows(_merge(mask, _plain_rows(plain), events, _csv_values))
+        return buf.getvalue()
     samples = list(map(_G[3], plain))
-    start_texts = iso_timestamps(list(map(sub, ends, durations)))
-    end_texts = iso_timestamps(ends)
-    if None in start_texts or None in end_texts:  # a time of 0: written as empty
-        return _csv_writer_rows(plain, mask, events)
     lines = map(_CSV_PLAIN.__mod__, zip(
-        names, start_texts, end_texts, durations, samples, map(_G[4], plain),
+        names, iso_timestamps(starts), iso_timestamps(ends), durations, samples,
+        map(_G[4], plain),
         map(STATUS_NAMES.__getitem__, map(_G[6], plain)),
         map(truediv, samples, durations), map(_G[5], plain), strict=True))
     return "".join(_merge(mask, lines, events, _csv_line))
