@@ -103,6 +103,13 @@ def replaced_mode(target: str) -> int | None:
     return None if os.path.islink(target) else stat.S_IMODE(st.st_mode)
 
 
+def _take_mode_of(target: str, tmp: str) -> None:
+    """Give ``tmp`` the mode of the file it will replace (see ``replaced_mode``)."""
+    mode = replaced_mode(target)
+    if mode is not None:
+        os.chmod(tmp, mode)
+
+
 @asynccontextmanager
 async def atomic_text_file(path: str | os.PathLike[str]) -> AsyncIterator[AsyncTextIOWrapper]:
     """Open a temp file beside ``path``; on success it replaces ``path`` atomically.
@@ -114,16 +121,12 @@ async def atomic_text_file(path: str | os.PathLike[str]) -> AsyncIterator[AsyncT
     """
     target = os.fspath(path)
     loop = asyncio.get_running_loop()
-    try:
-        mode = await loop.run_in_executor(FILE_EXECUTOR, replaced_mode, target)
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"could not write {target!r}: {exc}") from exc
     tmp = _temp_path(target)
     try:
         f = await _open_temp(tmp)
         try:
-            if mode is not None:
-                await loop.run_in_executor(FILE_EXECUTOR, os.chmod, tmp, mode)
+            # one hop for the check and the mode: the summary file is written every tick
+            await loop.run_in_executor(FILE_EXECUTOR, _take_mode_of, target, tmp)
             yield f
             await f.flush()
             await loop.run_in_executor(FILE_EXECUTOR, os.fsync, f.fileno())
