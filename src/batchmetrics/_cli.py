@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import difflib
 import errno
+import functools
 import hashlib
 import importlib.util
 import io
@@ -124,8 +125,14 @@ def _ellipsis(out: TextIO) -> str:
 
 
 def _can_encode(out: TextIO, text: str) -> bool:
+    return _encodes(getattr(out, "encoding", None) or "utf-8", text)
+
+
+@functools.lru_cache(maxsize=16)
+def _encodes(encoding: str, text: str) -> bool:
+    """Whether ``encoding`` has ``text`` (asked once per duration shown: cached)."""
     try:
-        text.encode(getattr(out, "encoding", None) or "utf-8")
+        text.encode(encoding)
     except (UnicodeError, LookupError):
         return False
     return True
